@@ -1,0 +1,178 @@
+"""Training input: token stores -> seeded, rank/worker-split sample stream -> cropped, padded, masked batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .store import Sample, ShardInfo, TokenStore, read_shard
+
+Batch = dict[str, Any]  # codes (B, T, n_q) long, padding_mask (B, T) bool (True = valid), ids, labels
+CROPS = ("random", "start", "center")
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """In a DataLoader worker, allocate straight in shared memory: the batch then crosses to the trainer uncopied."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: str = "random",
+            rng: np.random.Generator | None = None, codes_dtype: torch.dtype = torch.long) -> Batch:
+    """Crop every clip to at most max_frames (a window chosen by `crop`), right-pad with pad_id, mark valid frames.
+
+    codes_dtype=torch.int16 moves a quarter of the bytes (the model casts to long on its device)."""
+    if crop not in CROPS:
+        raise ValueError(f"crop={crop!r}: use one of {CROPS}")
+    if crop == "random" and rng is None:
+        rng = np.random.default_rng()
+    lengths = [len(c) if max_frames is None else min(len(c), max_frames) for c, _ in samples]
+    n_q = samples[0][0].shape[1]
+    codes_t = _empty((len(samples), max(lengths), n_q), codes_dtype)
+    mask_t = _empty(codes_t.shape[:2], torch.bool)
+    codes, padding_mask = codes_t.numpy(), mask_t.numpy()  # (B, T, n_q), (B, T): views filled in place
+    codes.fill(pad_id)
+    padding_mask.fill(False)
+    for i, ((clip, _), n) in enumerate(zip(samples, lengths)):
+        spare = len(clip) - n
+        start = 0 if crop == "start" or not spare else spare // 2 if crop == "center" else int(rng.integers(spare + 1))
+        codes[i, :n] = clip[start: start + n]
+        padding_mask[i, :n] = True
+    return {
+        "codes": codes_t,
+        "padding_mask": mask_t,
+        "ids": [meta["id"] for _, meta in samples],
+        "labels": [meta.get("labels", []) for _, meta in samples],
+    }
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def shuffle_buffer(samples: Iterable[Sample], size: int, rng: np.random.Generator) -> Iterator[Sample]:
+    """Reservoir-style shuffle: emit a random element of a `size`-clip buffer for every clip that comes in."""
+    buffer: list[Sample] = []
+    picks = iter(())
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        j = next(picks, None)
+        if j is None:  # draw random positions in blocks: one numpy call per 1024 clips
+            picks = iter(rng.integers(0, size, 1024).tolist())
+            j = next(picks)
+        yield buffer[j]
+        buffer[j] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TokenStream(IterableDataset):
+    """An endless (or one-pass) stream of collated batches from one split of one or more token stores.
+
+    Every (rank, DataLoader worker) pair is one "slot". The shards of an epoch are shuffled with the same seed on every
+    slot, then dealt out: slot s reads shards s, s + n_slots, ... When there are fewer shards than slots, every slot
+    reads every shard and keeps every n_slots-th clip instead. Either way each clip goes to exactly one slot per epoch.
+    Everything random is seeded by (seed, epoch, slot) or (seed, slot, batch index), so the stream is a pure function
+    of its arguments: `start_batch=k` resumes it exactly where a run that consumed k batches of this rank stopped.
+    """
+
+    def __init__(self, stores: list[TokenStore], split: str, batch_size: int, max_frames: int | None, pad_id: int,
+                 seed: int = 0, shuffle: bool = True, loop: bool = True, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 1000, crop: str | None = None, start_batch: int = 0,
+                 codes_dtype: torch.dtype = torch.long):
+        super().__init__()
+        self.stores, self.split, self.batch_size, self.max_frames, self.pad_id = stores, split, batch_size, max_frames, pad_id
+        self.seed, self.shuffle, self.loop, self.rank, self.world_size = seed, shuffle, loop, rank, world_size
+        self.buffer_size, self.start_batch, self.codes_dtype = shuffle_buffer, start_batch, codes_dtype
+        self.crop = crop or ("random" if shuffle else "start")
+        self.shards: list[ShardInfo] = [shard for store in stores for shard in store.shards(split)]
+        if loop and not self.shards:
+            raise ValueError(f"no {split!r} shards in {[str(s.path) for s in stores]}: "
+                             f"splits there are {sorted({s.split for st in stores for s in st.shards()})}")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.n for s in self.shards)
+
+    def epoch_shards(self, epoch: int) -> list[ShardInfo]:
+        shards = list(self.shards)
+        if self.shuffle:
+            np.random.default_rng([self.seed, epoch]).shuffle(shards)  # the same order on every slot
+        return shards
+
+    def epoch_size(self, epoch: int, slot: int, n_slots: int) -> int:
+        """Clips slot `slot` reads in `epoch`, from the shard indexes alone (no reading)."""
+        shards = self.epoch_shards(epoch)
+        if len(shards) >= n_slots:
+            return sum(s.n for s in shards[slot::n_slots])
+        return len(range(slot, self.num_samples, n_slots))
+
+    def epoch_samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[Sample]:
+        shards = self.epoch_shards(epoch)
+        if len(shards) >= n_slots:
+            for shard in shards[slot::n_slots]:
+                yield from read_shard(shard)
+            return
+        index = 0
+        for shard in shards:
+            first = (slot - index) % n_slots  # this slot's first clip inside the shard
+            if first < shard.n:
+                yield from islice(read_shard(shard), first, None, n_slots)
+            index += shard.n
+
+    def slot_samples(self, slot: int, n_slots: int, skip: int = 0) -> Iterator[Sample]:
+        """The slot's clips, epoch after epoch; the first `skip` are passed over (whole epochs without reading)."""
+        epoch = 0
+        while self.loop or epoch == 0:
+            size = self.epoch_size(epoch, slot, n_slots)
+            if skip >= size:
+                skip -= size
+                epoch += 1
+                continue
+            samples = self.epoch_samples(epoch, slot, n_slots)
+            if self.shuffle:
+                samples = shuffle_buffer(samples, self.buffer_size, np.random.default_rng([self.seed, epoch, slot]))
+            yield from islice(samples, skip, None)
+            skip = 0
+            epoch += 1
+
+    def slot(self) -> tuple[int, int, int]:
+        """(slot, n_slots, this worker's share of start_batch). The loader takes batch i from worker i % workers, so
+        worker w plays the part of worker (w + start_batch) % workers of the uninterrupted run."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        virtual = (worker + self.start_batch) % workers
+        n_slots = self.world_size * workers
+        if self.loop and self.num_samples < n_slots:
+            raise ValueError(f"split {self.split!r} has {self.num_samples} clips, fewer than ranks x workers = {n_slots}: "
+                             f"use fewer processes or --num-workers")
+        return self.rank * workers + virtual, n_slots, len(range(virtual, self.start_batch, workers))
+
+    def __iter__(self) -> Iterator[Batch]:
+        slot, n_slots, skip_batches = self.slot()
+        samples = self.slot_samples(slot, n_slots, skip_batches * self.batch_size)
+        for index, chunk in enumerate(chunked(samples, self.batch_size), start=skip_batches):
+            rng = np.random.default_rng([self.seed, slot, index])
+            yield collate(chunk, self.max_frames, self.pad_id, self.crop, rng, self.codes_dtype)
+
+
+def make_loader(stream: TokenStream, num_workers: int, pin_memory: bool | None = None) -> DataLoader:
+    """Batches come collated from the stream (batch_size=None): workers crop, pad and stack; pinned for the GPU copy."""
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=num_workers > 0 and not stream.loop,  # one-pass streams are iterated again at each eval
+    )

@@ -1,0 +1,175 @@
+"""Transformer building blocks shared by the Mega-AudioFormer encoders and the flat baseline."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (L, head_dim)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): q·k then depends only on the position offset."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head dim, got {head_dim}: change width or heads")
+        self.head_dim, self.base = head_dim, base
+
+    def forward(self, positions: torch.Tensor) -> Rope:
+        # computed in fp32 on every call (cheap), so no buffer is cast to bf16 or saved in checkpoints
+        exponents = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32) / self.head_dim
+        freqs = torch.outer(positions.float(), self.base**-exponents)  # (L, head_dim / 2)
+        freqs = torch.cat([freqs, freqs], dim=-1)  # (L, head_dim)
+        return freqs.cos(), freqs.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """x: (..., L, head_dim), rotated by the angles of its L positions."""
+    cos, sin = (r.to(x.dtype) for r in rope)
+    return x * cos + rotate_half(x) * sin
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of x: (B, L, D) counting only valid: (B, L) positions -> (B, D)."""
+    if valid is None:
+        return x.mean(dim=1)
+    weights = valid.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention; padded keys are hidden from every query."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"width {dim} is not divisible by {n_heads} heads: pick a head count that divides it")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, valid: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
+        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        # None keeps SDPA on its fused (flash) kernel; a bool mask (B, 1, 1, L) hides padded keys.
+        attn_mask = None if valid is None else valid[:, None, None, :]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = rearrange(y, "b h l d -> b l (h d)")
+        return self.resid_dropout(self.out_proj(y))
+
+
+class SummaryMixing(nn.Module):
+    """Linear-time SummaryMixing (Parcollet et al. 2023): each frame sees itself and the mean of all
+    valid frames, so cost grows linearly with length and padded frames change nothing."""
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.local = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.summary = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.out_proj = nn.Linear(2 * dim, dim)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, valid: torch.Tensor | None) -> torch.Tensor:
+        summary = masked_mean(self.summary(x), valid)  # (B, D)
+        summary = summary.unsqueeze(1).expand_as(x)  # (B, L, D)
+        return self.resid_dropout(self.out_proj(torch.cat([self.local(x), summary], dim=-1)))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ratio: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, ratio * dim, bias=False)
+        self.out_proj = nn.Linear(ratio * dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out_proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block whose token mixer is attention or SummaryMixing."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0, mixer: str = "attention"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        if mixer == "attention":
+            self.mixer = SelfAttention(dim, n_heads, dropout)
+        elif mixer == "summary_mixing":
+            self.mixer = SummaryMixing(dim, dropout)
+        else:
+            raise ValueError(f"unknown mixer {mixer!r}: use 'attention' or 'summary_mixing'")
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio, dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, valid: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x), rope, valid)
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """A stack of blocks with rotary positions 0..L-1 and a final norm: x (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, depth: int, n_heads: int, mlp_ratio: int, dropout: float, mixer: str = "attention"):
+        super().__init__()
+        self.rotary = Rotary(dim // n_heads)
+        self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio, dropout, mixer) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        rope = self.rotary(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            x = block(x, rope, valid)
+        return self.norm(x)
+
+
+class LevelEmbedding(nn.Module):
+    """A separate embedding table per codebook level, stored as one table: codes (..., n_q) -> (..., n_q, D)."""
+
+    def __init__(self, n_q: int, vocab: int, dim: int):
+        super().__init__()
+        self.table = nn.Embedding(n_q * vocab, dim)
+        self.register_buffer("offsets", torch.arange(n_q) * vocab, persistent=False)  # level l starts at l*vocab
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.table(codes + self.offsets)
+
+
+class LevelHeads(nn.Module):
+    """One output projection per codebook level: x (N, n_q, D) -> logits (N, n_q, V)."""
+
+    def __init__(self, n_q: int, dim: int, vocab: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_q, dim, vocab))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """With select: (N, n_q) bool, only the selected tokens' logits (n_selected, V), level by level:
+        every selected level-0 token in order of N, then level 1, ... (one matmul per level)."""
+        if select is None:
+            return torch.einsum("nqd,qdv->nqv", x, self.weight)
+        rows = x.transpose(0, 1)[select.T]  # (n_selected, D), grouped by level
+        groups = rows.split(select.sum(dim=0).tolist())
+        return torch.cat([group @ weight for group, weight in zip(groups, self.weight)])
+
+
+def attention_valid_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask the blocks get: None when nothing is padded (flash path), else (B, L) bool.
+
+    A sequence with no valid position at all would turn its softmax rows into NaN; it is treated
+    as fully valid instead (its outputs are meaningless, and never used)."""
+    if padding_mask is None or bool(padding_mask.all()):
+        return None
+    return padding_mask | ~padding_mask.any(dim=1, keepdim=True)

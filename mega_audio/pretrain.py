@@ -1,0 +1,400 @@
+"""Masked-token pre-training with Accelerate: streamed token batches, AdamW + cosine, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import option, to_dict
+from .data import TokenStream, make_loader
+from .fileio import atomic_write_text
+from .model import (
+    GLOBAL_MIXERS,
+    IGNORE_INDEX,
+    PRESETS,
+    MegaAudioFormer,
+    ModelConfig,
+    mask_tokens,
+    mlm_loss,
+    model_config,
+    read_checkpoint_config,
+)
+from .store import TokenStore, check_same_codec
+from .training import check_codec, cosine_lr, make_accelerator
+
+STATE_NAME = "trainer_state.json"
+
+
+@dataclass
+class PretrainConfig:
+    data: list[str] = option([], "token store directories (one codec); several stores are read as one")
+    output_dir: str = option("runs/pretrain", "checkpoints/, model/, tensorboard/ and debug/ go here")
+    model: str = option("tiny", "model preset", choices=sorted(PRESETS))
+    global_mixer: str = option("attention", "global encoder mixer", choices=list(GLOBAL_MIXERS))
+    init_from: str | None = option(None, "start from the weights of an exported model dir (same codec as --data)")
+    train_split: str = option("train", "split of the stores to train on")
+    max_seconds: float = option(10.0, "clips are randomly cropped to this many seconds")
+    batch_size: int = option(32, "clips per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "the cosine decays to lr * min_lr_ratio")
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices and embeddings")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    warmup_steps: int = option(1000, "linear warm-up steps")
+    max_steps: int = option(20000, "optimizer steps; every process runs exactly this many")
+    decay_steps: int | None = option(None, "cosine length in steps (default: max_steps)")
+    mask_ratio: float = option(0.25, "fraction of the valid tokens of each clip that is masked")
+    seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
+    num_workers: int = option(2, "DataLoader workers per process")
+    shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer")
+    eval_every: int = option(1000, "evaluate every N steps (0 = only at the end, -1 = never)")
+    eval_split: str = option("valid", "held-out split; falls back to valid, then test")
+    eval_batches: int = option(50, "batches per process per evaluation")
+    save_every: int = option(1000, "checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep")
+    resume: bool = option(False, "continue from the newest checkpoint in output_dir (start fresh if there is none)")
+    compile: bool = option(False, "torch.compile the model (GPU)")
+    mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: bf16 on a GPU, no on CPU)",
+                                         choices=["no", "bf16", "fp16"])
+    log_every: int = option(10, "steps between log lines and TensorBoard points")
+    cpu: bool = option(False, "train on CPU even when a GPU is present (Accelerator(cpu=True))")
+    debug_log: bool = option(False, "write the clip ids and loss of every micro-batch to output_dir/debug/")
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.decay_steps or cfg.max_steps, cfg.min_lr_ratio)
+
+
+def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    """The masks of one micro-batch depend on (seed, rank, step, micro) only, so a resumed run masks the same tokens."""
+    state = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data, codec and checkpoint checks
+
+
+def open_stores(paths: list[str]) -> list[TokenStore]:
+    if not paths:
+        raise ValueError("no --data: pass one or more token store directories (made by `mega-audio tokenize`)")
+    stores = [TokenStore(p) for p in paths]
+    check_same_codec(stores)
+    return stores
+
+
+def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
+    present = {s.split for store in stores for s in store.shards()}
+    return next((split for split in dict.fromkeys([wanted, "valid", "test"]) if split in present), None)
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (a `.tmp` directory is one being written), oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if root.exists() else []
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_NAME).read_text())
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, state: dict, keep: int) -> Path:
+    """accelerator.save_state into step_XXXXXXX.tmp, then one rename: a crash leaves no half checkpoint behind."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"step_{state['step']:07d}"
+    tmp = root / (final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every rank writes its RNG state; the main rank the model and optimizer
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def eval_batches_per_rank(stream: TokenStream, num_workers: int, wanted: int) -> int:
+    """The same count on every rank (the smallest rank's, at most `wanted`), so no rank waits on another."""
+    workers = max(1, num_workers)
+    n_slots = stream.world_size * workers
+    counts = [sum(math.ceil(stream.epoch_size(0, rank * workers + w, n_slots) / stream.batch_size) for w in range(workers))
+              for rank in range(stream.world_size)]
+    return min([wanted, *counts])
+
+
+@torch.no_grad()
+def evaluate(model, loader, n_batches: int, accelerator, cfg: PretrainConfig, mask_id: int) -> dict[str, float]:
+    """Masked loss and accuracy on this rank's disjoint slice of the held-out split; one reduce at the end."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, device=accelerator.device)  # loss x masked, correct, masked
+    for i, batch in enumerate(islice(loader, n_batches)):
+        codes = batch["codes"].to(accelerator.device, non_blocking=True).long()
+        padding_mask = batch["padding_mask"].to(accelerator.device, non_blocking=True)
+        generator = masking_generator(cfg.seed + 1, accelerator.process_index, i, 0, accelerator.device)
+        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id)
+        with accelerator.autocast():
+            logits, _ = model(inputs, padding_mask, targets)  # (n_masked, V): the heads skip unmasked tokens
+        loss, accuracy = mlm_loss(logits, targets)
+        n = (targets != IGNORE_INDEX).sum()
+        totals += torch.stack([loss * n, accuracy * n, n.float()])
+    totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    n = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run
+
+
+def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None) -> tuple[MegaAudioFormer, ModelConfig]:
+    if resume_state is not None:  # the checkpoint's architecture, whatever the preset flags say now
+        model_cfg = ModelConfig.from_dict(resume_state["model"])
+        return MegaAudioFormer(model_cfg), model_cfg
+    if cfg.init_from:
+        model = MegaAudioFormer.from_pretrained(cfg.init_from)
+        return model, model.config
+    model_cfg = model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer)
+    return MegaAudioFormer(model_cfg), model_cfg
+
+
+def find_resume(cfg: PretrainConfig, codec: dict) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from (None for a fresh run), after checking it was trained on this codec."""
+    existing = checkpoints(cfg.output_dir)
+    if existing and not cfg.resume:
+        raise ValueError(f"{cfg.output_dir} already holds checkpoints ({existing[-1].name}): pass --resume to continue "
+                         f"that run, or choose a new --output-dir")
+    if not (cfg.resume and existing):
+        return None, None
+    state = read_state(existing[-1])
+    check_codec(state["codec"], codec, existing[-1], cfg.data)
+    return existing[-1], state
+
+
+def check_init_from(cfg: PretrainConfig, codec: dict) -> None:
+    """An exported model to start from must have been trained on this codec (or at least this n_q and codebook)."""
+    header = read_checkpoint_config(cfg.init_from)
+    trained = header.get("metadata", {}).get("codec")
+    if trained:
+        check_codec(trained, codec, cfg.init_from, cfg.data)
+    else:  # an export without a codec card: only the shapes can be checked
+        ModelConfig.from_dict(header["config"]).check_data(codec["n_q"], codec["codebook_size"])
+
+
+def data_position(cfg: PretrainConfig, world: int) -> dict:
+    """What the stream's order depends on besides the step; a resume with other values cannot replay it exactly."""
+    return {"world_size": world, "num_workers": cfg.num_workers, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "data": cfg.data, "grad_accum": cfg.grad_accum, "max_seconds": cfg.max_seconds}
+
+
+def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], accelerator, pad_id: int, start_step: int):
+    """The endless training batches of this rank, and the held-out loader with its per-rank batch count."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", world))
+    if launched != world:  # e.g. a GPU launch config on a machine without GPUs: N independent runs, one output_dir
+        raise RuntimeError(f"the launcher started {launched} processes but Accelerate set up {world} "
+                           f"({accelerator.distributed_type}, {accelerator.device}): without GPUs pass --cpu")
+    max_frames = round(cfg.max_seconds * stores[0].frame_rate)
+    pin = accelerator.device.type == "cuda"
+    common = dict(batch_size=cfg.batch_size, max_frames=max_frames, pad_id=pad_id, seed=cfg.seed, rank=rank,
+                  world_size=world, codes_dtype=torch.int16)  # int16: a quarter of the bytes through workers and PCIe
+    train = TokenStream(stores, cfg.train_split, shuffle_buffer=cfg.shuffle_buffer,
+                        start_batch=start_step * cfg.grad_accum, **common)  # skip exactly the batches this rank consumed
+    batches = iter(make_loader(train, cfg.num_workers, pin_memory=pin))
+    split = pick_eval_split(stores, cfg.eval_split) if cfg.eval_every >= 0 else None
+    if split is None:
+        accelerator.print("no held-out split (valid/test) in --data: training without evaluation")
+        return batches, None, 0
+    held_out = TokenStream(stores, split, shuffle=False, loop=False, **common)
+    n_eval = eval_batches_per_rank(held_out, cfg.num_workers, cfg.eval_batches)
+    accelerator.print(f"evaluating on {split!r}: {n_eval} batches per process")
+    return batches, make_loader(held_out, cfg.num_workers, pin_memory=pin), n_eval
+
+
+def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainConfig, mask_id: int, debug=None,
+               run_start: int = 0) -> tuple[torch.Tensor, int]:
+    """cfg.grad_accum micro-batches and one optimizer step. Returns (loss sum, micro-batches, valid frames) on the
+    device, for logging without a sync, and the valid frames as a host int."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    totals, frames = torch.zeros(3, device=accelerator.device), 0
+    for micro in range(cfg.grad_accum):
+        batch = next(batches)
+        valid = batch["padding_mask"]  # (B, T) on the host: counting here costs no device sync
+        codes = batch["codes"].to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
+        padding_mask = None if valid.all() else valid.to(accelerator.device, non_blocking=True)  # None: flash SDPA
+        generator = masking_generator(cfg.seed, accelerator.process_index, step, micro, accelerator.device)
+        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id)
+        with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
+            _, loss = model(inputs, padding_mask, targets)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        n_valid = int(valid.sum())
+        frames += n_valid
+        totals += torch.stack([loss.detach().float(), torch.ones_like(totals[0]), torch.full_like(totals[0], n_valid)])
+        if debug:
+            debug.write(json.dumps({"run_start": run_start, "step": step, "micro": micro, "ids": batch["ids"],
+                                    "loss": loss.item()}) + "\n")
+    return totals, frames
+
+
+def run(cfg: PretrainConfig) -> dict[str, Any]:
+    """Pre-train on cfg.data; resumable at the exact step and data position; exports output_dir/model/."""
+    from accelerate.utils import set_seed
+
+    start_time = time.time()
+    stores = open_stores(cfg.data)
+    codec, output_dir = stores[0].card["codec"], Path(cfg.output_dir)
+    resume_from, resume_state = find_resume(cfg, codec)
+    if cfg.init_from and resume_from is None:
+        check_init_from(cfg, codec)
+
+    accelerator = make_accelerator(cfg.cpu, cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                                   dynamo_backend="inductor" if cfg.compile else None)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    accelerator.print(f"{world} process(es), {accelerator.distributed_type}, {accelerator.device}, "
+                      f"mixed precision {accelerator.mixed_precision}")
+    set_seed(cfg.seed)  # the same initial weights on every rank
+    model, model_cfg = build_model(cfg, codec, resume_state)
+    model.to(accelerator.device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)  # never the loader: the stream splits itself (DESIGN 5)
+
+    start_step, frames_seen = 0, 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start_step, frames_seen = resume_state["step"], resume_state["frames_seen"] // world
+        then = {k: resume_state.get(k) for k in data_position(cfg, world)}
+        if then != data_position(cfg, world):
+            warnings.warn(f"resuming with {data_position(cfg, world)} instead of {then}: the run goes on, but its data "
+                          f"order differs from an uninterrupted run")
+        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    batches, eval_loader, n_eval = make_loaders(cfg, stores, accelerator, model_cfg.pad_id, start_step)
+    # evaluation runs the bare model (no DDP hooks, so ranks need not agree on batch counts); FSDP needs the wrapper
+    eval_model = model if accelerator.distributed_type == "FSDP" else accelerator.unwrap_model(model, keep_torch_compile=False)
+
+    writer, debug = None, None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "pretrain_config.json", json.dumps(to_dict(cfg), indent=1))
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
+    if cfg.debug_log:
+        (output_dir / "debug").mkdir(parents=True, exist_ok=True)
+        debug = open(output_dir / "debug" / f"rank{rank}.jsonl", "a", buffering=1)  # line by line: survives a kill
+
+    def log(step: int, prefix: str, values: dict[str, float]) -> None:
+        for k, v in values.items() if writer else ():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def run_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id)
+        log(step, "eval", metrics)
+        accelerator.print(f"step {step}: eval loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}")
+        return metrics
+
+    model.train()
+    window = torch.zeros(3, device=accelerator.device)  # loss sum, micro-batches, valid frames since the last log
+    last_loss, eval_metrics, window_start = resume_state and resume_state.get("loss"), {}, time.time()
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="pretrain", unit="step", disable=not accelerator.is_main_process)
+    for step in range(start_step, cfg.max_steps):
+        totals, frames = train_step(step, batches, model, optimizer, accelerator, cfg, model_cfg.mask_id, debug, start_step)
+        window += totals
+        frames_seen += frames
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            totals = accelerator.reduce(window, reduction="sum")  # every rank reaches this at the same step
+            seconds = time.time() - window_start
+            last_loss = totals[0].item() / max(totals[1].item(), 1)
+            frames_per_s = totals[2].item() / seconds
+            stats = {"loss": last_loss, "lr": lr_at(step, cfg), "audio_hours_per_s": frames_per_s / codec["frame_rate"] / 3600,
+                     "tokens_per_s": frames_per_s * codec["n_q"]}
+            bar.set_postfix(loss=f"{last_loss:.3f}", audio_h_s=f"{stats['audio_hours_per_s']:.3f}",
+                            tok_s=f"{stats['tokens_per_s']:,.0f}")
+            log(done, "train", stats)
+            window.zero_()
+            window_start = time.time()
+        if eval_loader is not None and cfg.eval_every > 0 and done % cfg.eval_every == 0:
+            eval_metrics = run_eval(done)
+        if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.max_steps:
+            state = {"step": done, "batches_per_rank": done * cfg.grad_accum, "frames_seen": frames_seen * world,
+                     "loss": last_loss, "codec": codec, "model": model_cfg.to_dict(), **data_position(cfg, world)}
+            save_checkpoint(accelerator, output_dir, state, cfg.keep_checkpoints)
+    bar.close()
+
+    end_step = max(start_step, cfg.max_steps)
+    if eval_loader is not None and (not eval_metrics or cfg.eval_every <= 0 or end_step % cfg.eval_every):
+        eval_metrics = run_eval(end_step)
+    total_frames = accelerator.reduce(torch.tensor(float(frames_seen), device=accelerator.device), reduction="sum").item()
+    export_dir = export(accelerator, model, model_cfg, output_dir, codec, cfg, end_step, eval_metrics)
+    if debug:
+        digest = weights_digest(accelerator.unwrap_model(model))  # the test checks every rank ends equal
+        debug.write(json.dumps({"final": True, "step": end_step, "weights": digest}) + "\n")
+        debug.close()
+    if writer:
+        writer.close()
+    stats = {"steps": end_step, "loss": last_loss, "eval": eval_metrics, "processes": world, "model_dir": str(export_dir),
+             "audio_hours": total_frames / codec["frame_rate"] / 3600, "wall_s": time.time() - start_time}
+    accelerator.print(summary_line(stats))
+    accelerator.end_training()
+    return stats
+
+
+def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: dict, cfg: PretrainConfig, step: int,
+           eval_metrics: dict) -> Path:
+    """model.safetensors + config.json for fine-tuning; the codec card rides along so downstream tasks can check it."""
+    state = accelerator.get_state_dict(model)  # the full weights on the main process (gathers FSDP shards)
+    export_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        exported = MegaAudioFormer(model_cfg)
+        exported.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state.items()})
+        exported.save_pretrained(export_dir, metadata={"codec": codec, "pretrain": {
+            "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
+            "mask_ratio": cfg.mask_ratio, "eval": eval_metrics}})
+    accelerator.wait_for_everyone()
+    return export_dir
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    loss = "n/a" if stats["loss"] is None else f"{stats['loss']:.4f}"
+    ev = stats["eval"]
+    evaluation = f"eval loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" if ev else "no eval"
+    return (f"pretrain: {stats['steps']} steps on {stats['processes']} process(es), final loss {loss}, {evaluation}, "
+            f"{stats['audio_hours']:.3f} audio-hours seen, {stats['wall_s']:.0f} s wall -> {stats['model_dir']}")

@@ -1,0 +1,180 @@
+"""Downstream tasks: which store splits train/select/report, the label vocabulary, single or multi-label, the metrics."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import TokenStream
+from .manifests import GTZAN_GENRES, NSYNTH_FAMILIES, audioset_classes
+from .store import Sample, TokenStore
+
+IGNORE_INDEX = -100  # single-label target of a clip whose label is outside the vocabulary (skipped by the loss)
+HOLDOUT = "holdout"  # valid split name meaning "a seeded slice of the train split", for datasets without one
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    datasets: tuple[str, ...] = ()  # store card `dataset` values it is meant for; () = any labelled store
+    multi_label: bool = False
+    train: str = "train"
+    valid: str = "valid"  # or HOLDOUT
+    test: str = "test"
+    labels: tuple[str, ...] | None = None  # fixed vocabulary; None = the store card's `labels`
+    target: str = "labels"  # "labels": meta["labels"]; "pitch": meta["extra"]["pitch"] (NSynth)
+
+    @property
+    def metrics(self) -> tuple[str, str]:
+        return ("map", "roc_auc") if self.multi_label else ("accuracy", "macro_f1")
+
+    @property
+    def main_metric(self) -> str:
+        """The metric that picks the best epoch on the valid split."""
+        return self.metrics[0]
+
+    def vocabulary(self, card: dict[str, Any]) -> list[str]:
+        vocab = list(self.labels) if self.labels is not None else list(card.get("labels") or [])
+        if not vocab:
+            raise ValueError(f"store {card.get('dataset')!r} has no labels in its card: task {self.name!r} needs a labelled "
+                             f"store (tokenize a labelled dataset, e.g. --dataset folder with <root>/<label>/<files>)")
+        return vocab
+
+    def check_store(self, card: dict[str, Any]) -> None:
+        if self.datasets and card.get("dataset") not in self.datasets:
+            raise ValueError(f"task {self.name!r} expects a store tokenized from {' or '.join(self.datasets)}, this one is "
+                             f"{card.get('dataset')!r}: pass --task folder to use its own labels")
+
+    def clip_labels(self, meta: dict[str, Any]) -> list[str]:
+        if self.target == "pitch":
+            pitch = (meta.get("extra") or {}).get("pitch")
+            return [] if pitch is None else [str(int(pitch))]
+        return list(meta.get("labels") or [])
+
+    def encode(self, metas: list[dict[str, Any]], vocab: list[str]) -> np.ndarray:
+        """Targets of clips: single-label (B,) class ids (IGNORE_INDEX when unknown), multi-label (B, C) 0/1 float32."""
+        return self.encode_labels([self.clip_labels(m) for m in metas], vocab)
+
+    def encode_labels(self, labels: list[list[str]], vocab: list[str]) -> np.ndarray:
+        index = {label: i for i, label in enumerate(vocab)}
+        if self.multi_label:
+            targets = np.zeros((len(labels), len(vocab)), dtype=np.float32)
+            for row, names in enumerate(labels):
+                targets[row, [index[x] for x in names if x in index]] = 1.0
+            return targets
+        return np.array([next((index[x] for x in names if x in index), IGNORE_INDEX) for names in labels], dtype=np.int64)
+
+    def has_target(self, meta: dict[str, Any], vocab: Collection[str]) -> bool:
+        return any(label in vocab for label in self.clip_labels(meta))
+
+
+def holdout_ids(ids: list[str], fraction: float, seed: int = 0) -> frozenset[str]:
+    """A seeded pick of round(fraction * len(ids)) ids (at least one): those whose hash of (seed, id) is lowest.
+    It depends on the ids alone, not their order, so every rank and every run picks the same ones."""
+    ranked = sorted(ids, key=lambda i: (zlib.crc32(f"{seed}:{i}".encode()), i))
+    return frozenset(ranked[: max(1, round(fraction * len(ids)))]) if ids else frozenset()
+
+
+# ---------------------------------------------------------------------------------------------
+# a task's view of a store: which split and which clips each role (train / valid / test) reads
+
+
+@dataclass(frozen=True)
+class ClipFilter:
+    """Clips with a target in the vocabulary; with `holdout` ids, keep only those (valid) or all but those (train)."""
+
+    task: Task
+    vocab: frozenset[str]
+    holdout: frozenset[str] | None = None
+    in_holdout: bool = False
+
+    def __call__(self, meta: dict, check_target: bool = True) -> bool:
+        if check_target and not self.task.has_target(meta, self.vocab):
+            return False
+        return self.holdout is None or (meta["id"] in self.holdout) == self.in_holdout
+
+    def count(self, store: TokenStore, split: str) -> int:
+        """Accepted clips, from the shard indexes (ids + labels) without reading codes. Targets kept in `extra`
+        (NSynth pitch) are not in the indexes: those clips are assumed to have one."""
+        by_labels = self.task.target == "labels"
+        return sum(self({"id": i, "labels": labels}, check_target=by_labels) for i, labels in index_entries(store, split))
+
+
+def index_entries(store: TokenStore, split: str) -> Iterator[tuple[str, list[str]]]:
+    """(id, labels) of every clip of a split, from the shard indexes."""
+    for shard in store.shards(split):
+        index = json.loads(shard.index_path.read_text())
+        yield from zip(index["ids"], index["labels"])
+
+
+class TaskStream(TokenStream):
+    """A TokenStream whose clips are filtered by `keep` and labelled by the task (e.g. NSynth pitch from `extra`)."""
+
+    def __init__(self, *args, task: Task, keep: ClipFilter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task, self.keep = task, keep
+
+    def epoch_samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[Sample]:
+        for codes, meta in super().epoch_samples(epoch, slot, n_slots):
+            if self.keep(meta):
+                yield codes, {**meta, "labels": self.task.clip_labels(meta)}
+
+
+@dataclass(frozen=True)
+class TaskView:
+    splits: dict[str, str]  # role (train, valid, test) -> store split it reads
+    keep: dict[str, ClipFilter]  # role -> the clips of that split it uses
+    holdout: bool  # valid is a seeded slice of the train split (and train is the rest)
+
+
+def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: float = 0.1, seed: int = 0,
+              train: str | None = None, valid: str | None = None, test: str | None = None) -> TaskView:
+    """The task's splits (or the overrides) on this store; a store without the valid split gets a held-out slice of train."""
+    splits = {"train": train or task.train, "valid": valid or task.valid, "test": test or task.test}
+    present = {s.split for s in store.shards()}
+    for role in ("train", "test"):
+        if splits[role] not in present:
+            raise ValueError(f"{store.path} has no {splits[role]!r} split (it has {sorted(present)}): "
+                             f"pass --{role}-split with one of those")
+    vocab_set = frozenset(vocab)
+    keep = {role: ClipFilter(task, vocab_set) for role in splits}
+    holdout = splits["valid"] not in present  # HOLDOUT, or e.g. a folder store made with fractions 0.9,0,0.1
+    if holdout:
+        splits["valid"] = splits["train"]
+        ids = holdout_ids([i for i, _ in index_entries(store, splits["train"])], valid_fraction, seed)
+        keep["train"], keep["valid"] = ClipFilter(task, vocab_set, ids, False), ClipFilter(task, vocab_set, ids, True)
+    return TaskView(splits, keep, holdout)
+
+
+def split_samples(store: TokenStore, split: str, keep: ClipFilter) -> Iterator[Sample]:
+    return ((codes, meta) for codes, meta in store.iter_samples(split) if keep(meta))
+
+
+def _audioset_names() -> tuple[str, ...]:
+    return tuple(name for _, name in audioset_classes())  # the display names manifests.py stores as labels
+
+
+MIDI_PITCHES = tuple(str(p) for p in range(128))
+
+TASKS: dict[str, Task] = {
+    "gtzan": Task("gtzan", "10 genres, fault-filtered split (Kereliuk et al. 2015)", ("gtzan",), labels=GTZAN_GENRES),
+    "nsynth": Task("nsynth", "11 instrument families", ("nsynth",), labels=NSYNTH_FAMILIES),
+    "nsynth-pitch": Task("nsynth-pitch", "MIDI pitch of the note (128 classes)", ("nsynth",), labels=MIDI_PITCHES,
+                         target="pitch"),
+    "speech_music": Task("speech_music", "GTZAN music/speech, 2 classes", ("music_speech",), labels=("music", "speech")),
+    "audioset": Task("audioset", "527 labels, multi-label; valid = a held-out slice of balanced_train", ("audioset",),
+                     multi_label=True, train="balanced_train", valid=HOLDOUT, test="eval", labels=_audioset_names()),
+    "folder": Task("folder", "any labelled store: single-label, the card's label vocabulary"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[name]

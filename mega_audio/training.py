@@ -1,0 +1,48 @@
+"""What the pre-training and fine-tuning loops share: the Accelerator set-up, the LR schedule and the codec check."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CODEC_KEYS = ("name", "fingerprint", "n_q", "codebook_size")
+
+
+def make_accelerator(cpu: bool, mixed_precision: str | None, **kwargs: Any):
+    """An Accelerator with bf16 by default on a GPU that has it, and CPU threads split between local processes."""
+    from accelerate import Accelerator
+
+    gpu = torch.cuda.is_available() and not cpu
+    precision = mixed_precision or ("bf16" if gpu and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, **kwargs)
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # several CPU processes on one machine each start one thread per core: oversubscribed OpenMP crawls
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return accelerator
+
+
+def cosine_lr(step: int, peak: float, warmup_steps: int, decay_steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `decay_steps`, flat after."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def describe_codec(codec: dict) -> str:
+    return f"{codec['name']} (n_q={codec['n_q']}, codebook_size={codec['codebook_size']}, fingerprint {codec['fingerprint'][:12]})"
+
+
+def check_codec(trained: dict | None, data: dict, checkpoint: str | Path, data_paths: str | list[str]) -> None:
+    """Refuse data tokenized by another codec, bitrate or codebook than the checkpoint was trained on."""
+    if trained is None:  # a checkpoint that records no codec (built outside mega-audio): nothing to compare
+        return
+    if any(trained.get(k) != data.get(k) for k in CODEC_KEYS):
+        paths = data_paths if isinstance(data_paths, str) else " ".join(data_paths)
+        raise ValueError(f"checkpoint {checkpoint} was trained on {describe_codec(trained)} tokens, but {paths} holds "
+                         f"{describe_codec(data)} tokens: use data tokenized with the checkpoint's codec and bitrate, "
+                         f"or a checkpoint trained on this codec")

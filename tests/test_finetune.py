@@ -1,0 +1,380 @@
+"""Specifications of fine-tuning, evaluation, decode-free prediction, embeddings and the task registry, on real stores."""
+
+import contextlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from mega_audio.cli import app
+from mega_audio.finetune import (FinetuneConfig, chunk_drop, clip_outputs, embed, evaluate, finetune, load_classifier,
+                                 predict, windows)
+from mega_audio.manifests import build_manifest, write_manifest
+from mega_audio.metrics import confusion_png_size
+from mega_audio.model import MegaAudioFormer, load_weights, model_config
+from mega_audio.pipeline import TokenizeConfig, tokenize
+from mega_audio.store import TokenStore
+from mega_audio.tasks import IGNORE_INDEX, TASKS, get_task
+
+SR = 16000
+
+
+@contextlib.contextmanager
+def one_thread():
+    # tiny models run fastest on one thread (several times faster when the 2 cores are busy with other work)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def gated(t: np.ndarray, rate: float, duty: float, rng: np.random.Generator) -> np.ndarray:
+    return ((t * rate + rng.uniform(0, 1)) % 1.0 < duty).astype(np.float32)
+
+
+def separable_clip(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise that is steady, pulses slowly (1.5/s) or rattles (8/s): rhythms a codec's tokens keep apart."""
+    t = np.arange(int(seconds * SR)) / SR
+    noise = 0.3 * rng.standard_normal(t.size).astype(np.float32)
+    if kind == "steady":
+        return noise
+    return noise * gated(t, rng.uniform(1.3, 1.7) if kind == "slow" else rng.uniform(7, 9), 0.5, rng)
+
+
+@pytest.fixture(scope="session")
+def separable_store(tmp_path_factory) -> Path:
+    """48 two-second wav clips of 3 clearly different classes, split 24/12/12, tokenized by the real pipeline (bestrq)."""
+    root = tmp_path_factory.mktemp("separable")
+    for c, kind in enumerate(("steady", "slow", "fast")):
+        for i in range(16):
+            path = root / "audio" / kind / f"{kind}{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, separable_clip(kind, 2.0, np.random.default_rng(100 * c + i)).astype(np.float32), SR)
+    clips, _ = build_manifest("folder", root / "audio", fractions=(0.5, 0.25, 0.25))
+    write_manifest(root / "manifest.jsonl", clips)
+    tokenize(TokenizeConfig(dataset="folder", manifest=str(root / "manifest.jsonl"), out=str(root / "store"),
+                            codec="bestrq", bitrate=1.5, shard_size=4, batch_size=4, num_workers=0, device="cpu"))
+    return root / "store"
+
+
+def config(store: Path, out: Path, **overrides) -> FinetuneConfig:
+    base = FinetuneConfig(task="folder", data=str(store), scratch=True, epochs=10, batch_size=8, lr=1e-3,
+                          max_seconds=2.0, output_dir=str(out), eval_batch_size=8)
+    return replace(base, **overrides)
+
+
+@pytest.fixture(scope="session")
+def scratch_run(separable_store, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("scratch_run")
+    with one_thread():  # session fixtures are set up before the module's autouse fixture
+        return out, finetune(config(separable_store, out))
+
+
+def pretrained(directory: Path, store: Path, seed: int, **metadata) -> Path:
+    """A pre-training export (random weights of a given seed) carrying the store's codec card."""
+    torch.manual_seed(seed)
+    ts = TokenStore(store)
+    model = MegaAudioFormer(model_config("tiny", ts.n_q, ts.codebook_size))
+    return model.save_pretrained(directory, metadata={"codec": ts.card["codec"], **metadata})
+
+
+def encoder_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_weights(directory, "global_encoder.")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# training and results
+
+
+def test_tiny_classifier_from_scratch_reaches_full_accuracy_on_clearly_different_signals(scratch_run):
+    _, results = scratch_run
+    assert results["metrics"]["test"] == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert results["metrics"]["valid"]["accuracy"] == 1.0
+    losses = [h["train_loss"] for h in results["history"]]
+    assert losses[-1] < losses[0] / 4
+
+
+def test_results_json_holds_what_the_run_did(scratch_run, separable_store):
+    out, results = scratch_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["metrics"] == results["metrics"]
+    card = TokenStore(separable_store).card
+    assert (on_disk["task"], on_disk["codec"], on_disk["bitrate"]) == ("folder", "bestrq", card["codec"]["bandwidth"])
+    assert on_disk["n"] == {s: card["splits"][s]["clips"] for s in ("train", "valid", "test")}
+    assert on_disk["n"] == {"train": 24, "valid": 12, "test": 12}
+    assert on_disk["init"] is None and on_disk["augment"] == "none" and on_disk["config"]["epochs"] == 10
+    best = max(on_disk["history"], key=lambda h: (h["valid"]["accuracy"], -h["valid_loss"]))  # ties: lower loss
+    assert on_disk["best_epoch"] == best["epoch"] and on_disk["metrics"]["valid"] == best["valid"]
+    # the checkpoint in output_dir is the selected one: re-evaluating it reproduces the reported test metrics
+    again = evaluate(out, separable_store)
+    assert again["n"] == 12 and again["metrics"] == pytest.approx(on_disk["metrics"]["test"])
+
+
+def test_per_class_report_and_confusion_png_describe_the_test_split(scratch_run):
+    import matplotlib.image
+
+    out, results = scratch_run
+    rows = json.loads((out / "per_class.json").read_text())
+    assert {r["label"]: r["support"] for r in rows} == {"fast": 4, "slow": 4, "steady": 4}
+    assert all(r["precision"] == r["recall"] == r["f1"] == 1.0 for r in rows)
+    assert "| slow | 4 |" in (out / "per_class.md").read_text()
+    confusion = results["confusion"]
+    assert np.trace(confusion["matrix"]) == np.sum(confusion["matrix"]) == results["n"]["test"]
+    image = matplotlib.image.imread(out / confusion["png"])
+    assert image.shape[:2] == (confusion["height"], confusion["width"]) == confusion_png_size(3)
+
+
+def test_checkpoint_records_codec_card_and_label_vocabulary(scratch_run, separable_store):
+    out, _ = scratch_run
+    model, meta = load_classifier(out)
+    assert meta["labels"] == ["fast", "slow", "steady"] and meta["task"] == "folder"
+    assert meta["codec"] == TokenStore(separable_store).card["codec"]
+    assert model.n_classes == 3
+
+
+def test_report_builds_table1_from_several_results(scratch_run, separable_store, tmp_path):
+    out, results = scratch_run
+    tuned = dict(results, init="some/checkpoint", metrics={"test": {"accuracy": 0.5, "macro_f1": 0.25}})
+    augmented = dict(tuned, augment="chunk-drop", metrics={"test": {"accuracy": 0.75, "macro_f1": 0.5}})
+    for name, r in (("tuned", tuned), ("augmented", augmented)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    printed = CliRunner().invoke(app, ["report", str(out / "results.json"), str(tmp_path), "--out", str(tmp_path / "t.md")])
+    assert printed.exit_code == 0, printed.output
+    table = (tmp_path / "t.md").read_text()
+    assert table in printed.output
+    assert table.splitlines()[0] == "| model | folder 1.5 kbps Acc | folder 1.5 kbps F1 |"
+    assert table.splitlines()[2:] == ["| scratch | 100.0 | 100.0 |", "| fine-tuned | 50.0 | 25.0 |",
+                                      "| fine-tuned + augmentation | 75.0 | 50.0 |"]
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation and the frozen probe
+
+
+def test_finetuning_from_a_checkpoint_starts_from_its_weights(small_store, tmp_path):
+    # lr 0: the run cannot move the weights, so what it saves is exactly where it started
+    starts = {}
+    for seed in (1, 2):
+        ckpt = pretrained(tmp_path / f"pre{seed}", small_store, seed)
+        out = tmp_path / f"ft{seed}"
+        finetune(config(small_store, out, scratch=False, init=str(ckpt), lr=0.0, max_steps=1))
+        assert_same_weights(encoder_weights(out), encoder_weights(ckpt))
+        starts[seed] = load_classifier(out)[0]
+    codes = torch.from_numpy(next(TokenStore(small_store).iter_samples("test"))[0].astype(np.int64))[None]
+    with torch.no_grad():
+        assert not torch.allclose(starts[1].embed(codes), starts[2].embed(codes))
+
+
+def test_a_checkpoint_from_another_codec_or_bitrate_is_refused(small_store, tmp_path):
+    other = dict(TokenStore(small_store).card["codec"], fingerprint="0" * 64, name="encodec")
+    ckpt = pretrained(tmp_path / "other_codec", small_store, 0)
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["metadata"]["codec"] = other
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="use data tokenized with the checkpoint's codec"):
+        finetune(config(small_store, tmp_path / "a", scratch=False, init=str(ckpt), max_steps=1))
+    wide = MegaAudioFormer(model_config("tiny", n_q=16, codebook_size=1024)).save_pretrained(tmp_path / "12kbps")
+    with pytest.raises(ValueError, match="n_q=16"):
+        finetune(config(small_store, tmp_path / "b", scratch=False, init=str(wide), max_steps=1))
+    with pytest.raises(ValueError, match="exactly one of --init"):
+        finetune(config(small_store, tmp_path / "c", init=str(ckpt)))
+
+
+def test_freeze_trains_only_a_512_wide_probe_and_leaves_encoder_weights_untouched(small_store, tmp_path):
+    ckpt = pretrained(tmp_path / "pre", small_store, 0)
+    heads = {}
+    for lr in (0.0, 1e-2):
+        out = tmp_path / f"probe{lr}"
+        finetune(config(small_store, out, scratch=False, init=str(ckpt), freeze=True, lr=lr, max_steps=3))
+        assert_same_weights(encoder_weights(out), encoder_weights(ckpt))
+        heads[lr] = load_weights(out, "head.")
+    assert heads[0.0]["head.0.weight"].shape == (512, model_config("tiny", 2, 1024).d_global)
+    assert not torch.equal(heads[0.0]["head.0.weight"], heads[1e-2]["head.0.weight"])  # the probe did train
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation and long clips
+
+
+def test_chunk_drop_removes_exactly_one_contiguous_span_per_clip():
+    lengths = [40, 25, 3]  # the last clip is too short for a span of 25%: unchanged
+    B, T, n_q, pad = len(lengths), max(lengths), 2, 1025
+    codes = torch.full((B, T, n_q), pad)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        codes[b, :n] = torch.arange(n)[:, None] + 100 * torch.arange(n_q)  # every frame distinct
+        mask[b, :n] = True
+    generator = torch.Generator().manual_seed(0)
+    dropped = set()
+    for _ in range(20):
+        out, out_mask = chunk_drop(codes, mask, 0.25, pad, generator)
+        for b, n in enumerate(lengths):
+            kept = out[b, out_mask[b]]
+            removed = n - len(kept)
+            assert out_mask[b].tolist() == [True] * len(kept) + [False] * (T - len(kept))  # still left-aligned
+            assert (out[b, ~out_mask[b]] == pad).all()
+            if n < 4:
+                assert torch.equal(kept, codes[b, :n])
+                continue
+            assert 1 <= removed <= int(0.25 * n)
+            differs = (kept[:, 0] != codes[b, : len(kept), 0]).nonzero()
+            start = int(differs[0]) if len(differs) else len(kept)  # nothing differs: the span ended the clip
+            assert torch.equal(kept, torch.cat([codes[b, :start], codes[b, start + removed: n]]))
+            dropped.add((b, start, removed))
+    assert len(dropped) > 10  # spans are drawn at random, not always the same
+
+
+def test_chunks_eval_mode_averages_the_windows_of_a_long_clip():
+    assert [len(w) for w in windows(np.zeros((240, 2)), 100, "chunks")] == [100, 100]  # a 40-frame tail is dropped
+    assert [len(w) for w in windows(np.zeros((260, 2)), 100, "chunks")] == [100, 100, 60]
+    assert [len(w) for w in windows(np.zeros((260, 2)), 100, "whole")] == [260]
+    torch.manual_seed(0)
+    from mega_audio.model import AudioClassifier
+
+    model = AudioClassifier(model_config("tiny", 2, 1024), 4).eval()
+    codes = np.random.default_rng(0).integers(0, 1024, (260, 2)).astype(np.int16)
+    logits = lambda c, m: model(c, m)[0]  # noqa: E731
+    (_, averaged), = clip_outputs(logits, [(codes, {"id": "x"})], model.config.pad_id, 100, "chunks", 8, "cpu")
+    with torch.no_grad():
+        each = [model(torch.from_numpy(w.astype(np.int64))[None])[0][0].numpy() for w in windows(codes, 100, "chunks")]
+    np.testing.assert_allclose(averaged, np.mean(each, axis=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and embed
+
+
+def test_predict_gives_the_same_answer_for_an_audio_file_and_its_token_file(scratch_run, separable_store, tmp_path):
+    out, _ = scratch_run
+    codes, meta = next(TokenStore(separable_store).iter_samples("test"))
+    np.save(tmp_path / "clip.npy", codes)
+    from_audio, from_tokens = predict([meta["source"], tmp_path / "clip.npy"], out, top_k=3)
+    assert [label for label, _ in from_audio["top"]] == [label for label, _ in from_tokens["top"]]
+    assert from_audio["top"][0][0] == meta["labels"][0]
+    np.testing.assert_allclose([p for _, p in from_audio["top"]], [p for _, p in from_tokens["top"]], atol=1e-5)
+    assert sum(p for _, p in from_audio["top"]) == pytest.approx(1.0, abs=1e-4)  # 3 classes, top 3: all of them
+
+
+def test_predict_reads_token_files_without_any_codec(scratch_run, separable_store, tmp_path):
+    out, _ = scratch_run
+    no_codec = tmp_path / "ckpt"
+    no_codec.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (no_codec / name).write_bytes((out / name).read_bytes())
+    header = json.loads((no_codec / "config.json").read_text())
+    header["metadata"]["codec"].update(name="encodec", weights=str(tmp_path / "no-such-weights"))
+    (no_codec / "config.json").write_text(json.dumps(header))
+    codes, meta = next(TokenStore(separable_store).iter_samples("test"))
+    np.save(tmp_path / "clip.npy", codes)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "clip.npy"), "--checkpoint", str(no_codec), "--top-k", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{tmp_path / 'clip.npy'}: {meta['labels'][0]} ")
+    with pytest.raises(Exception, match="no-such-weights"):  # audio needs the codec, and says which weights it looked for
+        predict([meta["source"]], no_codec)
+
+
+def test_embed_writes_one_mean_pooled_vector_per_clip_with_ids(scratch_run, separable_store, tmp_path):
+    out, _ = scratch_run
+    info = embed(out, separable_store, tmp_path / "emb.npy", split="valid")
+    vectors = np.load(tmp_path / "emb.npy")
+    index = json.loads((tmp_path / "emb.json").read_text())
+    samples = list(TokenStore(separable_store).iter_samples("valid"))
+    assert vectors.shape == (len(samples), info["dim"]) and vectors.dtype == np.float32
+    assert index["ids"] == [m["id"] for _, m in samples]
+    model, _ = load_classifier(out)
+    with torch.no_grad():
+        first = model.embed(torch.from_numpy(samples[0][0].astype(np.int64))[None])[0].numpy()
+    np.testing.assert_allclose(vectors[0], first, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the task registry
+
+
+def test_task_registry_knows_vocabularies_splits_and_metrics():
+    assert len(get_task("gtzan").labels) == 10 and len(get_task("nsynth").labels) == 11
+    audioset = get_task("audioset")
+    assert audioset.multi_label and len(audioset.labels) == 527 and audioset.metrics == ("map", "roc_auc")
+    assert audioset.labels[0] == "Speech"  # display names, as manifests.py stores AudioSet labels
+    assert get_task("nsynth").metrics == ("accuracy", "macro_f1") and get_task("speech_music").labels == ("music", "speech")
+    assert set(TASKS) == {"gtzan", "nsynth", "nsynth-pitch", "speech_music", "audioset", "folder"}
+    assert get_task("folder").vocabulary({"labels": ["a", "b"]}) == ["a", "b"]
+
+
+def test_nsynth_pitch_reads_the_pitch_from_the_clip_extra():
+    task = get_task("nsynth-pitch")
+    vocab = list(task.labels)
+    targets = task.encode([{"labels": ["bass"], "extra": {"pitch": 60}}, {"labels": ["bass"]}], vocab)
+    assert targets.tolist() == [60, IGNORE_INDEX]
+
+
+def test_multi_label_targets_are_multi_hot_over_the_vocabulary():
+    task = get_task("audioset")
+    vocab = list(task.labels)
+    targets = task.encode([{"labels": ["Speech", "Music", "not a class"]}], vocab)
+    assert targets.shape == (1, 527) and targets.sum() == 2 and targets[0, vocab.index("Music")] == 1
+
+
+def test_a_store_of_another_dataset_is_refused_by_a_dataset_task(small_store, tmp_path):
+    with pytest.raises(ValueError, match="--task folder"):
+        finetune(config(small_store, tmp_path, task="gtzan"))
+
+
+def tokenized(tree_root: Path, dataset: str) -> Path:
+    out = tree_root.parent / f"{dataset}-store"
+    tokenize(TokenizeConfig(dataset=dataset, data_root=str(tree_root), out=str(out), codec="bestrq", bitrate=1.5,
+                            shard_size=4, batch_size=4, num_workers=0, device="cpu"))
+    return out
+
+
+def test_nsynth_pitch_task_learns_the_pitch_kept_in_the_clip_extra(tmp_path):
+    from audio_trees import write_nsynth_tree
+
+    tree = write_nsynth_tree(tmp_path / "nsynth", per_split=2, seconds=0.5)
+    store = tokenized(tree.root, "nsynth")
+    out = tmp_path / "pitch"
+    # also runs the other code paths: chunk-drop in training, chunked evaluation of clips longer than the window
+    results = finetune(config(store, out, task="nsynth-pitch", max_steps=2, batch_size=2, augment="chunk-drop",
+                              max_seconds=0.25, eval_mode="chunks"))
+    assert (results["augment"], results["config"]["eval_mode"]) == ("chunk-drop", "chunks")
+    test_pitches = {str(f.extra["pitch"]) for f in tree.files if f.split == "test"}
+    truth = {r["label"] for r in json.loads((out / "per_class.json").read_text()) if r["support"]}
+    assert truth == test_pitches and results["n"] == {"train": 6, "valid": 6, "test": 6}
+    assert load_classifier(out)[1]["labels"] == [str(p) for p in range(128)]
+
+
+def test_audioset_task_is_multi_label_and_selects_on_a_held_out_slice_of_balanced_train(tmp_path):
+    from audio_trees import write_audioset_tree
+
+    tree = write_audioset_tree(tmp_path / "audioset", per_subset=10, missing=0, seconds=0.5)
+    store = tokenized(tree.root, "audioset")
+    out = tmp_path / "as"
+    results = finetune(config(store, out, task="audioset", max_steps=2, valid_fraction=0.3))
+    assert results["splits"] == {"train": "balanced_train", "valid": "balanced_train", "test": "eval", "holdout": True}
+    assert results["n"] == {"train": 7, "valid": 3, "test": 10}  # 30% of balanced_train held out for selection
+    assert set(results["metrics"]["test"]) == {"map", "roc_auc"}
+    assert 0.0 <= results["metrics"]["test"]["roc_auc"] <= 1.0
+    rows = json.loads((out / "per_class.json").read_text())
+    eval_labels = {label for f in tree.files if f.split == "eval" for label in f.labels}
+    assert {r["label"] for r in rows if r["support"]} == eval_labels and all("ap" in r for r in rows)
+    assert not (out / "confusion.png").exists()

@@ -1,0 +1,337 @@
+"""Specifications of the Mega-AudioFormer model, its masking and loss, the classifier and checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from mega_audio.layers import Rotary, SelfAttention, SummaryMixing, apply_rotary
+from mega_audio.model import (
+    IGNORE_INDEX,
+    PRESETS,
+    AudioClassifier,
+    FlatTransformer,
+    MegaAudioFormer,
+    ModelConfig,
+    mask_tokens,
+    mlm_loss,
+    model_config,
+    parameter_counts,
+)
+
+CODEBOOK = 1024
+
+
+def random_codes(B: int, T: int, n_q: int, seed: int = 0, codebook: int = CODEBOOK) -> torch.Tensor:
+    return torch.randint(0, codebook, (B, T, n_q), generator=torch.Generator().manual_seed(seed))
+
+
+def tiny(n_q: int = 4, **overrides) -> ModelConfig:
+    return model_config("tiny", n_q=n_q, codebook_size=CODEBOOK, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Tiny ops gain nothing from threads, and spinning threads crawl when other jobs share the cores."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n_q", [2, 16])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_logits_are_batch_time_level_codebook_for_every_preset_and_bitrate(preset, n_q):
+    model = MegaAudioFormer(model_config(preset, n_q=n_q, codebook_size=CODEBOOK)).eval()
+    codes = random_codes(2, 4, n_q)
+    padding_mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.no_grad():
+        logits, loss = model(codes, padding_mask)
+    assert logits.shape == (2, 4, n_q, CODEBOOK)
+    assert loss is None
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("n_q", [2, 16])
+def test_flat_transformer_and_classifier_have_the_documented_shapes(n_q):
+    config = tiny(n_q)
+    codes, padding_mask = random_codes(3, 5, n_q), torch.ones(3, 5, dtype=torch.bool)
+    assert FlatTransformer(config)(codes, padding_mask)[0].shape == (3, 5, n_q, CODEBOOK)
+    classifier = AudioClassifier(config, n_classes=7)
+    assert classifier(codes, padding_mask)[0].shape == (3, 7)
+    assert classifier.embed(codes, padding_mask).shape == (3, config.d_global)
+
+
+def test_mask_and_pad_ids_sit_just_after_the_codes():
+    config = tiny()
+    assert (config.mask_id, config.pad_id, config.vocab_size) == (CODEBOOK, CODEBOOK + 1, CODEBOOK + 2)
+
+
+def _pad_with_garbage(codes: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append `extra` frames of random codes that the padding mask marks invalid."""
+    B, T, n_q = codes.shape
+    padded = torch.cat([codes, random_codes(B, extra, n_q, seed=99)], dim=1)
+    padding_mask = torch.zeros(B, T + extra, dtype=torch.bool)
+    padding_mask[:, :T] = True
+    return padded, padding_mask
+
+
+@pytest.mark.parametrize("mixer", ["attention", "summary_mixing"])
+@pytest.mark.parametrize("model_cls", [MegaAudioFormer, FlatTransformer])
+def test_appending_padded_frames_leaves_outputs_of_valid_frames_unchanged(model_cls, mixer):
+    model = model_cls(tiny(n_q=4, global_mixer=mixer)).eval()
+    clip = random_codes(1, 6, 4)
+    long_clip = random_codes(1, 9, 4, seed=1)  # batch-mate with no padding, so the mask really is used
+    padded, padding_mask = _pad_with_garbage(clip, extra=3)
+    batch = torch.cat([padded, long_clip])
+    batch_mask = torch.cat([padding_mask, torch.ones(1, 9, dtype=torch.bool)])
+    with torch.no_grad():
+        alone, _ = model(clip)  # no padding at all: attn_mask=None path
+        batched, _ = model(batch, batch_mask)
+    torch.testing.assert_close(batched[0, :6], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[1:], model(long_clip)[0].detach(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "summary_mixing"])
+def test_classifier_embedding_ignores_padded_frames(mixer):
+    classifier = AudioClassifier(tiny(global_mixer=mixer), n_classes=3).eval()
+    clip = random_codes(1, 6, 4)
+    padded, padding_mask = _pad_with_garbage(clip, extra=5)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.embed(padded, padding_mask), classifier.embed(clip), atol=1e-5, rtol=0)
+
+
+def test_summary_mixing_mixes_valid_frames_but_ignores_padded_ones():
+    mixer = SummaryMixing(dim=16).eval()
+    x = torch.randn(1, 8, 16)
+    valid = torch.tensor([[True] * 5 + [False] * 3])
+    y = mixer(x, rope=None, valid=valid)
+
+    changed_padding = x.clone()
+    changed_padding[:, 5:] = torch.randn(1, 3, 16) * 10
+    torch.testing.assert_close(mixer(changed_padding, None, valid)[:, :5], y[:, :5], atol=1e-6, rtol=0)
+
+    changed_valid = x.clone()
+    changed_valid[:, 4] += 1.0  # a valid frame: every other valid frame must see it through the summary
+    assert not torch.allclose(mixer(changed_valid, None, valid)[:, 0], y[:, 0], atol=1e-4)
+
+
+def test_every_frame_sees_frames_before_and_after_it():
+    model = MegaAudioFormer(tiny()).eval()
+    codes = random_codes(1, 8, 4)
+    changed = codes.clone()
+    changed[0, 4] = (changed[0, 4] + 1) % CODEBOOK
+    with torch.no_grad():
+        before, after = model(codes)[0], model(changed)[0]
+    assert not torch.allclose(before[0, 0], after[0, 0], atol=1e-4)  # earlier frame sees a later one
+    assert not torch.allclose(before[0, 7], after[0, 7], atol=1e-4)  # and the other way round
+
+
+def test_rotary_attention_scores_depend_on_relative_not_absolute_position():
+    head_dim = 32
+    rotary = Rotary(head_dim)
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+
+    def score(i: int, j: int) -> torch.Tensor:
+        cos, sin = rotary(torch.tensor([i, j]))
+        q_i = apply_rotary(q[None], (cos[:1], sin[:1]))
+        k_j = apply_rotary(k[None], (cos[1:], sin[1:]))
+        return (q_i * k_j).sum()
+
+    for i, j in [(0, 3), (5, 2), (7, 7)]:
+        for shift in [1, 100, 1000]:
+            torch.testing.assert_close(score(i + shift, j + shift), score(i, j), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(0, 3), score(0, 4), atol=1e-3)  # the offset does matter
+
+
+def test_attention_output_is_unchanged_when_all_positions_shift():
+    attention = SelfAttention(dim=32, n_heads=4).eval()
+    rotary = Rotary(8)
+    x = torch.randn(2, 10, 32)
+    positions = torch.arange(10)
+    with torch.no_grad():
+        y = attention(x, rotary(positions), None)
+        y_shifted = attention(x, rotary(positions + 500), None)
+        y_reversed = attention(x, rotary(positions.flip(0)), None)
+    torch.testing.assert_close(y_shifted, y, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(y_reversed, y, atol=1e-3)
+
+
+def test_mask_tokens_masks_a_quarter_of_valid_tokens_and_never_padding():
+    codes = random_codes(4, 50, 8)
+    padding_mask = torch.ones(4, 50, dtype=torch.bool)
+    padding_mask[1, 30:] = False
+    inputs, targets = mask_tokens(codes, padding_mask, generator=torch.Generator().manual_seed(0), mask_id=CODEBOOK)
+    masked = targets != IGNORE_INDEX
+    assert masked.sum(dim=(1, 2)).tolist() == [100, 60, 100, 100]  # round(0.25 * valid tokens) per clip
+    assert not masked[1, 30:].any()
+    assert (inputs[masked] == CODEBOOK).all() and (targets[masked] == codes[masked]).all()
+    assert (inputs[~masked] == codes[~masked]).all()
+
+
+def test_mask_tokens_with_the_same_seed_repeats_and_with_another_differs():
+    codes = random_codes(2, 40, 4)
+
+    def masked(seed: int) -> torch.Tensor:
+        _, targets = mask_tokens(codes, None, 0.25, torch.Generator().manual_seed(seed), mask_id=CODEBOOK)
+        return targets != IGNORE_INDEX
+
+    assert torch.equal(masked(3), masked(3))
+    assert not torch.equal(masked(3), masked(4))
+
+
+def test_loss_counts_masked_positions_only():
+    codes = random_codes(2, 10, 4)
+    _, targets = mask_tokens(codes, None, generator=torch.Generator().manual_seed(0), mask_id=CODEBOOK)
+    logits = torch.randn(2, 10, 4, CODEBOOK)
+    loss, accuracy = mlm_loss(logits, targets)
+
+    unmasked = (targets == IGNORE_INDEX).unsqueeze(-1)
+    noisy = torch.where(unmasked, torch.randn_like(logits) * 100, logits)
+    assert torch.equal(mlm_loss(noisy, targets)[0], loss)
+
+    boosted = logits.clone()
+    boosted.view(-1, CODEBOOK)[targets.view(-1) != IGNORE_INDEX] += 5.0 * torch.nn.functional.one_hot(
+        targets.view(-1)[targets.view(-1) != IGNORE_INDEX], CODEBOOK)
+    boosted_loss, boosted_accuracy = mlm_loss(boosted, targets)
+    assert boosted_loss < loss and boosted_accuracy > accuracy
+
+
+@pytest.mark.parametrize("model_cls", [MegaAudioFormer, FlatTransformer])
+def test_forward_with_targets_computes_logits_of_masked_tokens_only_and_the_same_loss(model_cls):
+    config = tiny(n_q=4)
+    model = model_cls(config).eval()
+    codes = random_codes(2, 7, 4)
+    padding_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    inputs, targets = mask_tokens(codes, padding_mask, generator=torch.Generator().manual_seed(1), mask_id=config.mask_id)
+    with torch.no_grad():
+        all_logits, no_loss = model(inputs, padding_mask)
+        masked_logits, loss = model(inputs, padding_mask, targets)
+    assert no_loss is None
+    assert masked_logits.shape == (int((targets != IGNORE_INDEX).sum()), CODEBOOK)
+    level_major = (targets != IGNORE_INDEX).movedim(-1, 0)  # all masked level-0 tokens first, then level 1, ...
+    torch.testing.assert_close(masked_logits, all_logits.movedim(2, 0)[level_major], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, mlm_loss(all_logits, targets)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_model_overfits_one_small_batch_to_near_zero_loss():
+    config = model_config("tiny", n_q=2, codebook_size=64)
+    model = MegaAudioFormer(config)
+    codes = random_codes(2, 12, 2, codebook=64)
+    inputs, targets = mask_tokens(codes, None, generator=torch.Generator().manual_seed(0), mask_id=config.mask_id)
+    optimizer = model.configure_optimizers(weight_decay=0.0, lr=3e-3)
+    first_loss = None
+    for _ in range(300):
+        _, loss = model(inputs, None, targets)
+        first_loss = first_loss if first_loss is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        loss, accuracy = mlm_loss(model(inputs)[0], targets)
+    assert first_loss > 3.0
+    assert loss.item() < 0.05 and accuracy.item() == 1.0
+
+
+def test_classifier_from_checkpoint_has_exactly_the_global_weights_and_no_local_encoder(tmp_path):
+    pretrained = MegaAudioFormer(tiny(n_q=4))
+    pretrained.save_pretrained(tmp_path / "ckpt")
+    header = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert header["model_type"] == "mega_audio_former" and header["config"]["n_q"] == 4
+
+    classifier = AudioClassifier.from_pretrained(tmp_path / "ckpt", n_classes=5)
+    state = classifier.state_dict()
+    global_state = {k: v for k, v in pretrained.state_dict().items() if k.startswith("global_encoder.")}
+    assert not any(name.startswith("local_encoder") for name in state)
+    assert not hasattr(classifier, "local_encoder")
+    assert set(state) == set(global_state) | {"head.weight", "head.bias"}
+    for name, weight in global_state.items():
+        assert torch.equal(state[name], weight), name
+
+    codes = random_codes(2, 6, 4)
+    with torch.no_grad():
+        expected = pretrained.global_encoder(codes).mean(dim=1)
+        torch.testing.assert_close(classifier.embed(codes), expected)
+
+
+def test_classifier_from_pretraining_checkpoint_needs_n_classes(tmp_path):
+    MegaAudioFormer(tiny()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="n_classes"):
+        AudioClassifier.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("multi_label, hidden", [(False, None), (True, 512)])
+def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden):
+    codes = random_codes(2, 5, 4)
+    models = [
+        MegaAudioFormer(tiny(global_mixer="summary_mixing")),
+        FlatTransformer(tiny()),
+        AudioClassifier(tiny(), n_classes=4, multi_label=multi_label, hidden=hidden),
+    ]
+    for i, model in enumerate(models):
+        model.eval().save_pretrained(tmp_path / str(i), metadata={"labels": ["a", "b", "c", "d"]})
+        reloaded = type(model).from_pretrained(tmp_path / str(i)).eval()
+        with torch.no_grad():
+            assert torch.equal(reloaded(codes)[0], model(codes)[0])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["0", "1", "2"] + ["config.json", "model.safetensors"] * 3)
+    classifier = AudioClassifier.from_pretrained(tmp_path / "2")
+    assert (classifier.multi_label, classifier.hidden, classifier.n_classes) == (multi_label, hidden, 4)
+
+
+def test_loading_a_checkpoint_as_the_wrong_model_names_what_it_holds(tmp_path):
+    FlatTransformer(tiny()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="flat_transformer"):
+        MegaAudioFormer.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        MegaAudioFormer.from_pretrained(tmp_path / "missing")
+
+
+def test_multi_label_classifier_trains_with_binary_targets_and_single_label_with_class_ids():
+    codes = random_codes(3, 6, 4)
+    multi = AudioClassifier(tiny(), n_classes=5, multi_label=True)
+    logits, loss = multi(codes, labels=torch.tensor([[1, 0, 1, 0, 0], [0] * 5, [1] * 5]))
+    assert loss.ndim == 0 and torch.all((multi.probabilities(logits) > 0) & (multi.probabilities(logits) < 1))
+    single = AudioClassifier(tiny(), n_classes=5)
+    logits, loss = single(codes, labels=torch.tensor([0, 3, 4]))
+    torch.testing.assert_close(single.probabilities(logits).sum(-1), torch.ones(3))
+
+
+def test_frozen_classifier_trains_only_its_head():
+    classifier = AudioClassifier(tiny(), n_classes=3, hidden=512)
+    classifier.freeze_encoder()
+    trainable = {name for name, p in classifier.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("head.") for name in trainable)
+
+
+def test_optimizer_decays_matrices_but_not_norms_or_biases():
+    model = MegaAudioFormer(tiny())
+    decay, no_decay = model.configure_optimizers(weight_decay=0.1, lr=1e-3).param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_parameter_counts_split_global_and_local():
+    model = MegaAudioFormer(tiny())
+    counts = parameter_counts(model)
+    assert counts["global"] == sum(p.numel() for p in model.global_encoder.parameters())
+    assert counts["global"] + counts["local"] == counts["total"]
+
+
+def test_config_round_trips_and_bad_configs_name_the_fix():
+    config = tiny(global_mixer="summary_mixing")
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="preset"):
+        model_config("huge", n_q=2, codebook_size=CODEBOOK)
+    with pytest.raises(ValueError, match="d_globl"):
+        model_config("tiny", n_q=2, codebook_size=CODEBOOK, d_globl=64)
+    with pytest.raises(ValueError, match="global_mixer"):
+        tiny(global_mixer="mamba")
+    with pytest.raises(ValueError, match="head dim"):
+        tiny(n_global_heads=3)
+    with pytest.raises(ValueError, match="tokenize at the model's bitrate"):
+        config.check_data(n_q=16, codebook_size=CODEBOOK)
+    with pytest.raises(ValueError, match="n_q=4"):
+        MegaAudioFormer(config)(random_codes(1, 3, 2))

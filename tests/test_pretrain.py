@@ -1,0 +1,190 @@
+"""Specifications of pre-training: 2-process CPU runs, exact resume after a kill, codec checks, schedule and configs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from stores import build_token_store
+
+from mega_audio.config import parse_config
+from mega_audio.data import TokenStream
+from mega_audio.model import MegaAudioFormer, read_checkpoint_config
+from mega_audio.pretrain import PretrainConfig, lr_at, run
+from mega_audio.store import ShardWriter, TokenStore, write_card
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "train" / "pretrain.py")
+CONFIGS = REPO / "train" / "configs"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+
+
+def train_args(store, out, *extra):
+    return ["--cpu", "--data", str(store), "--output-dir", str(out), "--batch-size", "4", "--max-seconds", "1",
+            "--lr", "3e-3", "--warmup-steps", "3", "--log-every", "5", "--eval-batches", "2", "--debug-log", *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two_processes(*args):
+    """The documented 2-process CPU command (DESIGN 5): MULTI_GPU launcher (torchrun) + Accelerator(cpu=True)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT, *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def debug_records(out, rank=0):
+    lines = (Path(out) / "debug" / f"rank{rank}.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if "ids" in r], [r for r in records if r.get("final")]
+
+
+def random_store(path, codec_name="encodec", n_q=2, n=8):
+    """A store as another codec would write it (its own card and fingerprint), through the real shard writer."""
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(path, "wds", rank=0, shard_size=4)
+    for i in range(n):
+        writer.add(rng.integers(0, 1024, (150, n_q)).astype(np.int16), {"id": f"clip{i}", "split": "train", "labels": []})
+    writer.close()
+    write_card(path, {"name": codec_name, "fingerprint": "f" * 64, "sample_rate": 24000, "frame_rate": 75.0,
+                      "bandwidth": 1.5, "n_q": n_q, "codebook_size": 1024}, "wds", "other")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_store, tmp_path_factory):
+    """One uninterrupted single-process run of 24 steps, checkpointing every 5; read-only for the tests."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = run_script(*train_args(small_store, out, "--max-steps", "24", "--save-every", "5", "--eval-every", "12",
+                                    "--num-workers", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_on_disjoint_clips_and_end_with_identical_weights(small_store, tmp_path):
+    out = tmp_path / "run"
+    result = launch_two_processes(*train_args(small_store, out, "--max-steps", "20", "--grad-accum", "2",
+                                              "--save-every", "10", "--eval-every", "10", "--num-workers", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "20 steps on 2 process(es)" in result.stdout
+
+    ranks = [debug_records(out, rank) for rank in (0, 1)]
+    assert [len(steps) for steps, _ in ranks] == [40, 40]  # every rank ran every step's 2 micro-batches
+    # epoch 0 of each rank (one worker: slot = rank) deals every training clip to exactly one rank
+    stream = TokenStream([TokenStore(small_store)], "train", 4, 75, 1025, seed=0, world_size=2)
+    first_epoch = []
+    for rank, (steps, _) in enumerate(ranks):
+        ids = [i for r in steps for i in r["ids"]]
+        first_epoch.append(ids[: stream.epoch_size(0, rank, 2)])
+    assert not set(first_epoch[0]) & set(first_epoch[1])
+    assert sorted(first_epoch[0] + first_epoch[1]) == sorted(m["id"] for _, m in TokenStore(small_store).iter_samples("train"))
+
+    (final0,), (final1,) = ranks[0][1], ranks[1][1]
+    assert final0["weights"] == final1["weights"]
+
+    losses = np.mean([[r["loss"] for r in steps] for steps, _ in ranks], axis=0)
+    assert losses[-5:].mean() < losses[:5].mean() - 0.05, losses
+
+    header = read_checkpoint_config(out / "model")
+    assert header["metadata"]["codec"] == TokenStore(small_store).card["codec"]
+    assert header["metadata"]["pretrain"]["step"] == 20
+    MegaAudioFormer.from_pretrained(out / "model")
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_with_the_same_batches_masks_and_losses(small_store, reference_run, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(small_store, out, "--max-steps", "24", "--save-every", "5", "--eval-every", "12", "--num-workers", "2")
+    victim = subprocess.Popen([sys.executable, SCRIPT, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    first_checkpoint = out / "checkpoints" / "step_0000005"
+    deadline = time.time() + 300
+    while not first_checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its DataLoader workers, wherever they are
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    resumed = run_script(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    records, _ = debug_records(out)
+    start = max(r["run_start"] for r in records)
+    assert start >= 5
+    stitched = [r for r in records if r["run_start"] == 0 and r["step"] < start] + \
+               [r for r in records if r["run_start"] == start]
+    reference, (reference_final,) = debug_records(reference_run)
+    assert [(r["step"], r["ids"]) for r in stitched] == [(r["step"], r["ids"]) for r in reference]
+    np.testing.assert_allclose([r["loss"] for r in stitched], [r["loss"] for r in reference], rtol=1e-5)
+    assert debug_records(out)[1][-1]["weights"] == reference_final["weights"]
+
+
+def test_resuming_on_a_store_with_another_n_q_is_refused_naming_both(reference_run, tmp_path):
+    store_12kbps = build_token_store(tmp_path / "hi", bitrate=12.0, per_class=2)
+    cfg = PretrainConfig(data=[str(store_12kbps)], output_dir=str(reference_run), resume=True, cpu=True)
+    with pytest.raises(ValueError, match=r"trained on bestrq \(n_q=2.*holds bestrq \(n_q=16"):
+        run(cfg)
+
+
+def test_initialising_from_a_model_of_another_codec_is_refused(reference_run, tmp_path):
+    other = random_store(tmp_path / "other", codec_name="encodec", n_q=2)
+    cfg = PretrainConfig(data=[str(other)], output_dir=str(tmp_path / "new"), init_from=str(reference_run / "model"), cpu=True)
+    with pytest.raises(ValueError, match=r"trained on bestrq .*holds encodec .*fingerprint ffffffffffff"):
+        run(cfg)
+
+
+def test_stores_of_different_codecs_are_not_mixed(small_store, tmp_path):
+    other = random_store(tmp_path / "other", codec_name="encodec", n_q=2)
+    with pytest.raises(ValueError, match="different codecs"):
+        run(PretrainConfig(data=[str(small_store), str(other)], output_dir=str(tmp_path / "run"), cpu=True))
+
+
+def test_existing_checkpoints_are_never_overwritten_without_resume(small_store, reference_run):
+    with pytest.raises(ValueError, match="pass --resume"):
+        run(PretrainConfig(data=[str(small_store)], output_dir=str(reference_run), cpu=True))
+
+
+def test_checkpoints_are_complete_and_only_the_newest_are_kept(reference_run):
+    kept = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert kept == ["step_0000015", "step_0000020", "step_0000024"]  # keep_checkpoints=3, no .tmp left behind
+    state = json.loads((reference_run / "checkpoints" / "step_0000024" / "trainer_state.json").read_text())
+    assert state["step"] == 24 and state["batches_per_rank"] == 24 and state["codec"]["n_q"] == 2
+    assert (reference_run / "model" / "model.safetensors").is_file()
+    assert any((reference_run / "tensorboard").iterdir())
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    cfg = PretrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    decay = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+    assert lr_at(500, cfg) == pytest.approx(0.1)
+
+
+def test_example_configs_use_real_field_names_and_valid_accelerate_keys():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for name in ("pretrain_tiny.yaml", "pretrain_base.yaml"):
+        cfg = parse_config(PretrainConfig, ["--config", str(CONFIGS / name), "--data", "s"])
+        assert cfg.max_seconds == 10.0 and cfg.data == ["s"]
+    for name in ("cpu_2proc.yaml", "one_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml", "fsdp.yaml"):
+        config = load_config_from_file(str(CONFIGS / name))
+        assert config.num_processes >= 1, name
+        assert yaml.safe_load((CONFIGS / name).read_text())["distributed_type"] == config.distributed_type
