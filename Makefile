@@ -31,7 +31,7 @@ DEMO ?= demo
 DEMO_CLIPS ?= 48
 DEMO_STEPS ?= 300
 DEMO_EPOCHS ?= 12
-DEMO_CODEC ?= $(shell $(PY) -m mega_audio.codec --pick 2>/dev/null || echo bestrq)
+DEMO_CODEC ?= $(shell $(PY) -c "from mega_audio.codec import default_codec; print(default_codec())" 2>/dev/null || echo bestrq)
 
 .PHONY: install test tokenize pretrain finetune demo bench clean
 
@@ -60,7 +60,7 @@ finetune: install
 demo: install
 	rm -rf $(DEMO)
 	$(VENV)/bin/mega-audio synth-data $(DEMO)/audio --per-class $(DEMO_CLIPS) --seconds 4
-	@echo "demo: tokenizing with the $(DEMO_CODEC) codec"
+	@echo "demo: tokenizing with the $(DEMO_CODEC) codec$(if $(filter bestrq,$(DEMO_CODEC)), (no Encodec weights in the Hugging Face cache),)"
 	$(MAKE) --no-print-directory tokenize DATASET=folder DATA_ROOT=$(DEMO)/audio OUT=$(DEMO)/store CODEC=$(DEMO_CODEC) \
 		BITRATE=1.5 ARGS="--num-workers 1 --shard-size 64"
 	$(MAKE) --no-print-directory pretrain DATA=$(DEMO)/store RUN=$(DEMO)/pretrain ARGS="--cpu --max-seconds 4 \

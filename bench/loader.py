@@ -1,27 +1,22 @@
 """Training input speed: clips/s from webdataset and zarr token stores vs decoding and encoding audio on the fly."""
 
-import sys
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from mega_audio.audio import load_audio
+from mega_audio.codec import BITRATE_TO_NQ, EncodecCodec, load_codec, seed_codebooks
+from mega_audio.data import TokenStream, make_loader
+from mega_audio.store import ShardWriter, TokenStore, write_card
+
 HERE = Path(__file__).resolve().parent
-# bench/tokenize.py is named like the stdlib module numpy and torch import: keep bench/ off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mega_audio.audio import load_audio  # noqa: E402
-from mega_audio.codec import BITRATE_TO_NQ, EncodecCodec, load_codec, seed_codebooks  # noqa: E402
-from mega_audio.data import TokenStream, make_loader  # noqa: E402
-from mega_audio.store import ShardWriter, TokenStore, write_card  # noqa: E402
 
 FRAME_RATE, SR = 75.0, 24_000
 

@@ -1,23 +1,24 @@
 """Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run."""
 
-import sys
+import argparse
+import json
+import platform
+import time
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mega_audio.codec import BITRATE_TO_NQ
+from mega_audio.model import (
+    PRESETS,
+    FlatTransformer,
+    MegaAudioFormer,
+    mask_tokens,
+    model_config,
+)
+
 HERE = Path(__file__).resolve().parent
-# bench/tokenize.py is named like the stdlib module torch imports: keep bench/ off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from mega_audio.codec import BITRATE_TO_NQ  # noqa: E402
-from mega_audio.model import PRESETS, FlatTransformer, MegaAudioFormer, mask_tokens, model_config  # noqa: E402
 
 FRAME_RATE = 75  # Encodec 24 kHz frames per second
 CODEBOOK = 1024

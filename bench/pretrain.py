@@ -1,24 +1,25 @@
 """Pre-training throughput: audio-seconds/s and tokens/s per training step; on a GPU, model FLOPs utilisation."""
 
-import sys
+import argparse
+import json
+import os
+import platform
+import time
 from pathlib import Path
 
+import torch
+
+from mega_audio.codec import BITRATE_TO_NQ
+from mega_audio.model import (
+    MegaAudioFormer,
+    ModelConfig,
+    mask_tokens,
+    model_config,
+    parameter_counts,
+)
+from mega_audio.pretrain import masking_generator
+
 HERE = Path(__file__).resolve().parent
-# bench/tokenize.py is named like the stdlib module numpy and torch import: keep bench/ off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from mega_audio.codec import BITRATE_TO_NQ  # noqa: E402
-from mega_audio.model import MegaAudioFormer, ModelConfig, mask_tokens, model_config, parameter_counts  # noqa: E402
-from mega_audio.pretrain import masking_generator  # noqa: E402
 
 FRAME_RATE = 75.0
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}  # dense tensor-core FLOP/s

@@ -62,7 +62,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
 def build_parser(cls: type, presets: dict[str, Any] | None = None, **parser_kwargs: Any) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field, plus --config (YAML) and --preset."""
     parser = argparse.ArgumentParser(**parser_kwargs)
-    parser.add_argument("--config", dest="__config", default=None, help="YAML file whose keys are field names")
+    parser.add_argument("--config", dest="__config", metavar="FILE.yaml", default=None,
+                        help="YAML file whose keys are the field names below (flags given too win)")
     if presets:
         parser.add_argument("--preset", dest="__preset", default=None, choices=sorted(presets), help="start from a preset")
     hints = typing.get_type_hints(cls)
