@@ -1,12 +1,12 @@
 """Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run."""
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from common import write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 from mega_audio.codec import BITRATE_TO_NQ
@@ -205,10 +205,7 @@ def main() -> None:
 
 
 def write(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "" if results["device"] == "cpu" else f"_{results['device']}"
-    out = out.with_name(out.name + suffix)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out = write_json(results, out)
     cfg, rows = results["config"], results["rows"]
     memory = (
         "the peak of live tensor bytes during the step, from the signed allocation events of `torch.profiler` "

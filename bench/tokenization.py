@@ -1,7 +1,6 @@
 """Tokenizer speed: audio-seconds per wall-second for each codec and batch size, side by side in one run."""
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_json
 
 from mega_audio.codec import BITRATE_TO_NQ, EncodecCodec, load_codec, seed_codebooks
 
@@ -156,10 +156,7 @@ def main() -> None:
 
 
 def write(results: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "" if results["device"] == "cpu" else f"_{results['device']}"
-    out = out.with_name(out.name + suffix)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out = write_json(results, out)
     batches = sorted({b for d in results["speeds"].values() for b in d})
     lines = [
         "# Tokenizer speed",
