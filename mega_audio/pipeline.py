@@ -38,6 +38,7 @@ class TokenizeConfig:
     codec: str = option("bestrq", "encodec or bestrq", choices=["encodec", "bestrq"])
     bitrate: float = option(1.5, "kbps: 1.5, 3, 6, 12 or 24 (n_q = 2, 4, 8, 16, 32)")
     codec_weights: str | None = option(None, "Encodec weights: HF hub id, HF model dir or Meta .th file")
+    compile: bool = option(False, "torch.compile the Encodec encoder: ~1.15x faster after 10-30 s of compiling per process")
     format: str = option("wds", "store format", choices=list(FORMATS))
     manifest: str | None = option(None, "use this manifest instead of building <out>/manifest.jsonl")
     shard_size: int = option(1000, "clips per shard")
@@ -159,7 +160,7 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     device = cfg.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{rank % torch.cuda.device_count()}"  # one GPU per local process
-    codec = load_codec(cfg.codec, cfg.bitrate, weights=cfg.codec_weights, device=device)
+    codec = load_codec(cfg.codec, cfg.bitrate, weights=cfg.codec_weights, device=device, compile=cfg.compile)
     clips = ensure_manifest(cfg)
     _refuse_other_codec(store, codec.card())
     _update_card(store, cfg, codec.card(), clips)
@@ -194,7 +195,7 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
             stats["failed"] += 1
             continue
         batch.append((clip, wave))
-        if len(batch) == cfg.batch_size or (batch and batch[0][0].split != clip.split):
+        if len(batch) == cfg.batch_size:
             encode_batch()
     if batch:
         encode_batch()
