@@ -10,13 +10,7 @@ from common import write_json
 from torch.utils.flop_counter import FlopCounterMode
 
 from mega_audio.codec import BITRATE_TO_NQ
-from mega_audio.model import (
-    PRESETS,
-    FlatTransformer,
-    MegaAudioFormer,
-    mask_tokens,
-    model_config,
-)
+from mega_audio.model import PRESETS, FlatTransformer, MegaAudioFormer, mask_tokens, model_config
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,13 +10,7 @@ from pathlib import Path
 import torch
 
 from mega_audio.codec import BITRATE_TO_NQ
-from mega_audio.model import (
-    MegaAudioFormer,
-    ModelConfig,
-    mask_tokens,
-    model_config,
-    parameter_counts,
-)
+from mega_audio.model import MegaAudioFormer, ModelConfig, mask_tokens, model_config, parameter_counts
 from mega_audio.pretrain import masking_generator
 
 HERE = Path(__file__).resolve().parent

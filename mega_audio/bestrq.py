@@ -19,9 +19,8 @@ class BestRQCodec(Codec):
     log-mel frames centred on each 320-sample hop -> minus the log-mel envelope of pink noise (a fixed tilt
     correction, so the 1/f slope all audio shares does not dominate the projections) -> per-clip normalisation by
     one mean and one std (not per mel band: that would erase the clip's steady spectral envelope, its timbre) ->
-    `stack` neighbouring
-    frames -> n_q frozen Xavier projections -> nearest of 1024 frozen standard-normal codes (both
-    L2-normalised). Level k is the same at every bitrate, so 1.5 kbps codes are a prefix of 12 kbps ones.
+    `stack` neighbouring frames -> n_q frozen Xavier projections -> nearest of 1024 frozen standard-normal codes
+    (both L2-normalised). Level k is the same at every bitrate, so 1.5 kbps codes are a prefix of 12 kbps ones.
     """
 
     name = "bestrq"

@@ -53,7 +53,7 @@ def load_codec(name: str, bitrate: float, weights: str | None = None, device: st
                compile: bool = False) -> Codec:
     """Build a codec by name ("encodec" or "bestrq") at a bitrate in BITRATE_TO_NQ (kbps).
 
-    `compile` (encodec only) trades ~30 s of torch.compile per process for ~1.3x faster encoding."""
+    `compile` (encodec only) trades 10-30 s of torch.compile per process for ~1.2x faster encoding."""
     if float(bitrate) not in BITRATE_TO_NQ:
         raise ValueError(f"bitrate {bitrate} kbps is not one of {sorted(BITRATE_TO_NQ)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,8 +228,8 @@ class EncodecCodec(Codec):
         # 35x vs 24x real time for whole 10 s clips); GPU: big calls keep the device busy.
         self.tile_seconds = tile_seconds or (2.0 if device == "cpu" else 300.0)
         self.lstm_frames, self.max_batch_samples = lstm_frames, max_batch_samples
-        # torch.compile fuses the ELU/pad/add passes around the convolutions (~1.1-1.3x on CPU) but costs
-        # ~15-30 s per process and may flip rare codes (other float rounding): worth it for long runs only.
+        # torch.compile fuses the ELU/pad/add passes around the convolutions (~1.2x on CPU) but costs
+        # 10-30 s per process and may flip rare codes (other float rounding): worth it for long runs only.
         self.conv_stack_fn = _compiled_or_eager(_run_conv_stack) if compile else _run_conv_stack
 
     def params(self) -> dict:

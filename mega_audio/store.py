@@ -108,11 +108,15 @@ class ShardWriter:
         self.store, self.fmt, self.rank, self.shard_size = Path(store), fmt, rank, shard_size
         self.buffers: dict[str, list[Sample]] = {}
         self.written: list[ShardInfo] = []
+        self.next_index: dict[str, int] = {}
 
     def _next_name(self, split: str) -> str:
-        taken = [int(m["index"]) for s in list_shards(self.store, split) if (m := SHARD_NAME.match(Path(s.name).stem))
-                 and int(m["rank"]) == self.rank]
-        return f"{split}-r{self.rank:03d}-{max(taken, default=-1) + 1:06d}"
+        if split not in self.next_index:  # once per split: continue after this rank's existing shards
+            taken = [int(m["index"]) for p in (self.store / "shards").glob(f"{split}-r{self.rank:03d}-*.json")
+                     if (m := SHARD_NAME.match(p.stem))]
+            self.next_index[split] = max(taken, default=-1) + 1
+        index, self.next_index[split] = self.next_index[split], self.next_index[split] + 1
+        return f"{split}-r{self.rank:03d}-{index:06d}"
 
     def add(self, codes: np.ndarray, meta: dict[str, Any]) -> None:
         buffer = self.buffers.setdefault(meta["split"], [])

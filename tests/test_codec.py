@@ -2,10 +2,10 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
-import os
 from pathlib import Path
 
 import numpy as np
