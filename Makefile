@@ -31,7 +31,7 @@ DEMO ?= demo
 DEMO_CLIPS ?= 48
 DEMO_STEPS ?= 300
 DEMO_EPOCHS ?= 12
-DEMO_CODEC ?= $(shell $(PY) -c "from mega_audio.codec import default_codec; print(default_codec())" 2>/dev/null || echo bestrq)
+DEMO_CODEC ?= $(shell $(PY) -c "from mega_audio.codecs import default_codec; print(default_codec())" 2>/dev/null || echo bestrq)
 
 .PHONY: install test tokenize pretrain finetune demo bench clean
 

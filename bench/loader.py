@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mega_audio.audio import load_audio
-from mega_audio.codec import BITRATE_TO_NQ, EncodecCodec, load_codec, seed_codebooks
-from mega_audio.data import TokenStream, make_loader
-from mega_audio.store import ShardWriter, TokenStore, write_card
+from mega_audio.codecs import BITRATE_TO_NQ, load_codec
+from mega_audio.codecs.encodec import EncodecCodec, seed_codebooks
+from mega_audio.data.audio import load_audio
+from mega_audio.data.store import ShardWriter, TokenStore, write_card
+from mega_audio.data.stream import TokenStream, make_loader
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,7 +121,7 @@ def random_encodec(kbps: float, waves: list[np.ndarray]) -> EncodecCodec:
 
     torch.manual_seed(0)
     model = EncodecModel(EncodecConfig()).eval()
-    seed_codebooks(model, waves[:2])  # random init zeroes the codebooks (DESIGN 2); speed ignores the values
+    seed_codebooks(model, waves[:2])  # random init zeroes the codebooks (docs/architecture.md); speed ignores the values
     return EncodecCodec(model, kbps, "cpu", source="random")
 
 
@@ -185,7 +186,7 @@ def write_results(out: Path, args, rows: list[dict], reads: list[dict]) -> None:
         "**What this measures.** Clips per second that reach the training process, ready to train on: "
         f"{args.seconds:g} s clips ({round(args.seconds * FRAME_RATE)} frames), {args.workers} DataLoader workers, "
         "shard order shuffled, a 1000-clip shuffle buffer, random crop, pad + padding mask, collated inside the workers "
-        "(`mega_audio.data.TokenStream` + `make_loader`, exactly what `train/pretrain.py` runs). `codes=int16` is what "
+        "(`mega_audio.data.stream.TokenStream` + `make_loader`, exactly what `train/pretrain.py` runs). `codes=int16` is what "
         "pre-training uses (cast to long on the device); `int64` is the `Batch` contract's default. The stores hold "
         f"{args.clips} random-code clips written by the real `ShardWriter` (1000 clips per shard). The baseline is what "
         "users do without a store: decode a 44.1 kHz stereo wav, resample to 24 kHz and encode it, in the same number of "

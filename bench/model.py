@@ -9,8 +9,11 @@ import torch
 from common import write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-from mega_audio.codec import BITRATE_TO_NQ
-from mega_audio.model import PRESETS, FlatTransformer, MegaAudioFormer, mask_tokens, model_config
+from mega_audio.codecs import BITRATE_TO_NQ
+from mega_audio.models.config import PRESETS, model_config
+from mega_audio.models.flat import FlatTransformer
+from mega_audio.models.masking import mask_tokens
+from mega_audio.models.mega import MegaAudioFormer
 
 HERE = Path(__file__).resolve().parent
 

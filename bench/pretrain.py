@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from mega_audio.codec import BITRATE_TO_NQ
-from mega_audio.model import MegaAudioFormer, ModelConfig, mask_tokens, model_config, parameter_counts
-from mega_audio.pretrain import masking_generator
+from mega_audio.codecs import BITRATE_TO_NQ
+from mega_audio.models.config import ModelConfig, model_config
+from mega_audio.models.masking import mask_tokens, masking_generator
+from mega_audio.models.mega import MegaAudioFormer, parameter_counts
 
 HERE = Path(__file__).resolve().parent
 
@@ -134,7 +135,7 @@ def write_results(out: Path, args, rows: list[dict]) -> None:
     lines = [
         "# Pre-training throughput",
         "",
-        "**What this measures.** The time of one training step as `mega_audio.pretrain` runs it (25% masking, forward, "
+        "**What this measures.** The time of one training step as `mega_audio.train.pretrain` runs it (25% masking, forward, "
         "masked-token loss, backward, gradient clipping, AdamW) on 10 s clips (750 frames) of random codes already in "
         "memory, so the model alone is timed (the input pipeline is `bench/loader.py`, far faster than any row here). "
         "Audio-seconds/s = batch x 10 s / step time; tokens/s counts T x n_q tokens per clip. On a GPU the row also gives "

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from common import write_json
 
-from mega_audio.codec import BITRATE_TO_NQ, EncodecCodec, load_codec, seed_codebooks
+from mega_audio.codecs import BITRATE_TO_NQ, load_codec
+from mega_audio.codecs.encodec import EncodecCodec, seed_codebooks
 
 HERE = Path(__file__).resolve().parent
 
@@ -167,12 +168,12 @@ def write(results: dict, out: Path) -> None:
         "All configs run "
         f"interleaved in {results['rounds']} rounds and the best round counts, so background load hits them alike "
         "and the ratios are side by side. `naive HF encode` is `transformers.EncodecModel.encode` per clip "
-        "with its weight-norm parametrizations (recomputed every forward); `encodec` is `mega_audio.codec` "
+        "with its weight-norm parametrizations (recomputed every forward); `encodec` is `mega_audio.codecs.encodec` "
         "(weight norm folded, inference mode, cache-sized tiles of the convolution stack, batched LSTM) with "
         "the same random weights (codebooks filled from data; speed does not depend on the values). "
         "`+ torch.compile` also compiles the convolution stack (compile time is not in the speed; "
         f"warm-up incl. compilation: {', '.join(f'{k}: {v:.0f} s' for k, v in results['warmup_seconds'].items())}). "
-        "Code agreement below 100% at batch > 1 is expected (DESIGN 2): other kernels sum in another order, and in a "
+        "Code agreement below 100% at batch > 1 is expected (docs/architecture.md): other kernels sum in another order, and in a "
         "random model's residual quantizer one flipped code changes every later level. "
         f"Load average before/after: {results['load_before']} / {results['load_after']}."),
         "",

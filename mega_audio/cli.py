@@ -1,136 +1,167 @@
-"""The `mega-audio` command line: one subcommand per stage, each a thin call into the library."""
+"""The `mega-audio` command line: one subcommand per stage, each a config dataclass and a thin call into the library.
+
+Every command is built the same way (mega_audio/config.py): its flags are the fields of its config dataclass (which
+lives beside the code it configures; COMMANDS names it), `--config run.yaml` takes the same names as YAML keys, and
+the precedence is defaults < preset < YAML < flags. A command's dataclass (and the heavy modules behind it) is
+imported only when that command runs, so `mega-audio --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import typer
-
-from .config import parse_config
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audio foundation models on neural-codec tokens.")
-
-# Commands whose options are a config dataclass: flags are parsed by mega_audio.config, so the flag names,
-# the YAML keys and the dataclass fields stay one and the same. `--help` is answered by that parser.
-DATACLASS_COMMAND = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+from .config import add_config_arguments, config_from_args, option
 
 
-@app.command(context_settings=DATACLASS_COMMAND, add_help_option=False)
-def tokenize(ctx: typer.Context) -> None:
-    """Tokenize an audio dataset into a token store (see `mega-audio tokenize --help`)."""
-    from .pipeline import TokenizeConfig, summary_line, tokenize_local
-    from .pipeline import tokenize as run_tokenize
+@dataclass
+class InspectConfig:
+    store: str = option("", "token store directory", positional=True)
+    shards: int = option(8, "shards to read for codebook usage")
 
-    cfg = parse_config(TokenizeConfig, ctx.args, prog="mega-audio tokenize",
-                       description="Audio files -> manifest -> codec tokens -> sharded token store (resumable).")
+
+# ---------------------------------------------------------------------------------------------
+# what each command does with its config
+
+
+def run_tokenize(cfg) -> None:
+    from .data.tokenize import tokenize, tokenize_local, tokenize_summary
+
     if cfg.nproc > 1:
-        failed = tokenize_local(cfg, ctx.args)
+        failed = tokenize_local(cfg)
         if failed:
-            raise typer.Exit(f"{failed} of {cfg.nproc} tokenize processes failed; re-run the same command to finish")
+            sys.exit(f"{failed} of {cfg.nproc} tokenize processes failed; re-run the same command to finish")
         return
-    print(summary_line(run_tokenize(cfg)))
+    print(tokenize_summary(tokenize(cfg)))
 
 
-@app.command()
-def inspect(store: Path = typer.Argument(..., help="token store directory"),
-            shards: int = typer.Option(8, help="shards to read for codebook usage")) -> None:
-    """Print a store's card, per-split counts and codebook usage."""
-    from .store import TokenStore, codebook_usage
+def run_inspect(cfg: InspectConfig) -> None:
+    from .data.store import TokenStore, codebook_usage
 
-    ts = TokenStore(store)
-    card = {k: v for k, v in ts.card.items() if k != "shards"}
-    print(json.dumps(card, indent=1))
+    store = TokenStore(cfg.store)
+    print(json.dumps({k: v for k, v in store.card.items() if k != "shards"}, indent=1))
     print(f"{'split':<18}{'clips':>10}{'hours':>10}{'shards':>8}")
-    for split, s in ts.card["splits"].items():
+    for split, s in store.card["splits"].items():
         print(f"{split:<18}{s['clips']:>10}{s['hours']:>10.2f}{s['shards']:>8}")
-    for level, u in enumerate(codebook_usage(ts, shards)):
+    for level, u in enumerate(codebook_usage(store, cfg.shards)):
         print(f"codebook {level:>2}: {u['used']:6.1%} of codes used, perplexity {u['perplexity']:7.1f}")
 
 
-@app.command("synth-data")
-def synth_data(out: Path = typer.Argument(..., help="folder to write <label>/<files> into"),
-               per_class: int = typer.Option(40, help="clips per class"),
-               seconds: float = typer.Option(4.0, help="clip length"),
-               seed: int = typer.Option(0, help="random seed")) -> None:
-    """Write a generated labelled audio collection (5 classes of real signal structure) for demos and tests."""
-    from .synth import CLASSES, write_collection
+def run_synth(cfg) -> None:
+    from .data.synth import CLASSES, write_collection
 
-    n = write_collection(out, per_class, seconds, seed)
-    print(f"synth-data: {n} clips of {seconds:g} s in {len(CLASSES)} classes ({', '.join(CLASSES)}) under {out}")
+    n = write_collection(cfg.out, cfg.per_class, cfg.seconds, cfg.seed)
+    classes = ", ".join(CLASSES)
+    print(f"synth-data: {n} clips of {cfg.seconds:g} s in {len(CLASSES)} classes ({classes}) under {cfg.out}")
 
 
-@app.command(context_settings=DATACLASS_COMMAND, add_help_option=False)
-def finetune(ctx: typer.Context) -> None:
-    """Fine-tune on a task: train, select on valid, report on test (see `mega-audio finetune --help`)."""
+def run_pretrain(cfg) -> None:
+    from .train.pretrain import run
+
+    run(cfg)  # prints its own summary line on the main process
+
+
+def run_finetune(cfg) -> None:
     from accelerate import PartialState
 
-    from .finetune import FinetuneConfig, summary_line
-    from .finetune import finetune as run_finetune
+    from .train.finetune import finetune, finetune_summary
 
-    cfg = parse_config(FinetuneConfig, ctx.args, prog="mega-audio finetune",
-                       description="Token store -> classifier on a task (train / select on valid / report on test) -> "
-                                   "results.json, per_class.md, confusion.png and a checkpoint in --output-dir.")
-    results = run_finetune(cfg)
+    results = finetune(cfg)
     if PartialState().is_main_process:  # one line, also under torchrun / accelerate launch
-        print(summary_line(results))
+        print(finetune_summary(results))
 
 
-@app.command()
-def evaluate(checkpoint: Path = typer.Option(..., help="a `mega-audio finetune` output dir"),
-             data: Path = typer.Option(..., help="token store made with the checkpoint's codec"),
-             split: Optional[str] = typer.Option(None, help="store split (default: the task's test split)"),
-             eval_mode: Optional[str] = typer.Option(None, help="whole or chunks (default: as fine-tuned)"),
-             batch_size: int = typer.Option(32, help="clips per batch")) -> None:
-    """Score a fine-tuned checkpoint on a store split."""
-    from .finetune import evaluate as run_evaluate
+def run_evaluate(cfg) -> None:
+    from .train.inference import evaluate
 
-    print(json.dumps(run_evaluate(checkpoint, data, split, eval_mode, batch_size), indent=1))
+    print(json.dumps(evaluate(cfg.checkpoint, cfg.data, cfg.split, cfg.eval_mode, cfg.batch_size), indent=1))
 
 
-@app.command()
-def predict(files: list[Path] = typer.Argument(..., help="audio files, or .npy token files (T, n_q)"),
-            checkpoint: Path = typer.Option(..., help="a `mega-audio finetune` output dir"),
-            top_k: int = typer.Option(5, help="labels to print per file"),
-            codec_weights: Optional[str] = typer.Option(None, help="Encodec weights, if not where the checkpoint's card says")) -> None:
-    """Label files: audio is tokenized with the checkpoint's codec, token files are used without any decoding."""
-    from .finetune import predict as run_predict
+def run_predict(cfg) -> None:
+    from .train.inference import predict
 
-    for p in run_predict(files, checkpoint, top_k, codec_weights):
+    for p in predict(cfg.files, cfg.checkpoint, cfg.top_k, cfg.codec_weights):
         print(f"{p['path']}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in p["top"]))
 
 
-@app.command()
-def embed(checkpoint: Path = typer.Option(..., help="a fine-tuned or pre-trained checkpoint dir"),
-          data: Path = typer.Option(..., help="token store"),
-          out: Path = typer.Option(..., help="X.npy: (N, d) float32 embeddings; ids, labels and splits go to X.json"),
-          split: Optional[str] = typer.Option(None, help="one split (default: all)"),
-          eval_mode: str = typer.Option("whole", help="whole, or chunks of --max-seconds averaged"),
-          max_seconds: Optional[float] = typer.Option(None, help="window for --eval-mode chunks"),
-          batch_size: int = typer.Option(32, help="clips per batch")) -> None:
-    """Mean-pooled global embeddings of every clip of a store, for your own probes."""
-    from .finetune import embed as run_embed
+def run_embed(cfg) -> None:
+    from .train.inference import embed
 
-    print(json.dumps(run_embed(checkpoint, data, out, split, eval_mode, max_seconds, batch_size)))
+    print(json.dumps(embed(cfg.checkpoint, cfg.data, cfg.out, cfg.split, cfg.eval_mode, cfg.max_seconds,
+                           cfg.batch_size)))
 
 
-@app.command()
-def report(results: list[Path] = typer.Argument(..., help="results.json files or folders holding them"),
-           split: str = typer.Option("test", help="which split's metrics to tabulate"),
-           out: Optional[Path] = typer.Option(None, help="also write the markdown here")) -> None:
-    """Table 1: scratch / fine-tuned / + augmentation rows, a column group per task and bitrate (markdown)."""
-    from .metrics import load_results, table1
+def run_report(cfg) -> None:
+    from .train.report import load_results, table1
 
-    table = table1(load_results(results), split)
-    if out:
-        out.write_text(table)
+    table = table1(load_results(cfg.results), cfg.split)
+    if cfg.out:
+        Path(cfg.out).write_text(table)
     print(table, end="")
 
 
-def main() -> None:
-    app()
+# ---------------------------------------------------------------------------------------------
+# the command table and the parser
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    config: str  # "module:Class" of the config dataclass, imported when the command runs
+    run: Callable
+
+
+COMMANDS: dict[str, Command] = {
+    "tokenize": Command("Audio files -> manifest -> codec tokens -> sharded token store (resumable).",
+                        "mega_audio.data.tokenize:TokenizeConfig", run_tokenize),
+    "inspect": Command("Print a store's card, per-split counts and codebook usage.",
+                       "mega_audio.cli:InspectConfig", run_inspect),
+    "pretrain": Command("Masked-token pre-training on token stores (the same run as train/pretrain.py).",
+                        "mega_audio.train.pretrain:PretrainConfig", run_pretrain),
+    "finetune": Command("Token store -> classifier on a task (train / select on valid / report on test) -> "
+                        "results.json, per_class.md, confusion.png and a checkpoint in --output-dir.",
+                        "mega_audio.train.finetune:FinetuneConfig", run_finetune),
+    "evaluate": Command("Score a fine-tuned checkpoint on a store split.",
+                        "mega_audio.train.inference:EvaluateConfig", run_evaluate),
+    "predict": Command("Label files: audio is tokenized with the checkpoint's codec, token files are used without any "
+                       "decoding.", "mega_audio.train.inference:PredictConfig", run_predict),
+    "embed": Command("Mean-pooled global embeddings of every clip of a store, for your own probes.",
+                     "mega_audio.train.inference:EmbedConfig", run_embed),
+    "report": Command("Table 1: scratch / fine-tuned / + augmentation rows, a column group per task and bitrate "
+                      "(markdown).", "mega_audio.train.report:ReportConfig", run_report),
+    "synth-data": Command("Write a generated labelled audio collection (5 classes of real signal structure) for demos "
+                          "and tests.", "mega_audio.data.synth:SynthConfig", run_synth),
+}
+
+
+def config_class(command: str) -> type:
+    module, name = COMMANDS[command].config.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """Every command as a subparser; the flags of `command` (the one being run) are added from its dataclass."""
+    parser = argparse.ArgumentParser(prog="mega-audio", description="Audio foundation models on neural-codec tokens.")
+    subparsers = parser.add_subparsers(dest="__command", metavar="COMMAND", required=True)
+    commands = {name: subparsers.add_parser(name, help=cmd.help, description=cmd.help)
+                for name, cmd in COMMANDS.items()}
+    if command is not None:
+        add_config_arguments(commands[command], config_class(command))
+    return parser, commands
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser, commands = build_parser(command)
+    args = vars(parser.parse_args(argv))  # without a known command this prints the usage and exits
+    name = args.pop("__command")
+    COMMANDS[name].run(config_from_args(config_class(name), args, commands[name]))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from audio_trees import write_folder_tree
 
-from mega_audio.pipeline import TokenizeConfig, tokenize
+from mega_audio.data.tokenize import TokenizeConfig, tokenize
 
 
 def build_token_store(root: Path, fmt: str = "wds", bitrate: float = 1.5, classes: tuple[str, ...] = ("tone", "noise", "chirp"),

@@ -13,7 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mega_audio.codec import BITRATE_TO_NQ, CodecWeightsError, EncodecCodec, load_codec, seed_codebooks
+from mega_audio.codecs import BITRATE_TO_NQ, load_codec
+from mega_audio.codecs.base import CodecWeightsError
+from mega_audio.codecs.encodec import EncodecCodec, seed_codebooks
 
 SR = 24_000
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ def clips(tmp_path_factory) -> list[np.ndarray]:
 
 
 def hf_to_meta_state(model) -> dict[str, torch.Tensor]:
-    """The reverse of the documented Meta -> HF renaming (DESIGN 2), to write a Meta-format checkpoint."""
+    """The reverse of the documented Meta -> HF renaming (docs/architecture.md), to write a Meta-format checkpoint."""
     from transformers.models.encodec.modeling_encodec import EncodecConvTranspose1d
 
     transposed = {name for name, m in model.named_modules() if isinstance(m, EncodecConvTranspose1d)}
@@ -101,7 +103,7 @@ def test_bestrq_is_deterministic_across_separately_built_codecs_and_processes(cl
     assert first.fingerprint == second.fingerprint
     script = textwrap.dedent("""
         import sys, numpy as np, soundfile as sf
-        from mega_audio.codec import load_codec
+        from mega_audio.codecs import load_codec
         codec = load_codec("bestrq", 12.0, device="cpu")
         wave, _ = sf.read(sys.argv[1], dtype="float32")
         np.save(sys.argv[2], codec.encode([wave])[0])
@@ -142,7 +144,7 @@ def test_bestrq_keeps_steady_timbre_apart_whatever_the_loudness():
 
 
 def test_bestrq_seed_changes_fingerprint_and_codes(clips):
-    from mega_audio.bestrq import BestRQCodec
+    from mega_audio.codecs.bestrq import BestRQCodec
 
     a, b = BestRQCodec(1.5, seed=0), BestRQCodec(1.5, seed=1)
     assert a.fingerprint != b.fingerprint
@@ -206,7 +208,7 @@ def test_encodec_batched_encoding_agrees_with_one_clip_at_a_time(encodec_weights
     codec = load_codec("encodec", 12.0, weights=str(encodec_weights["hf"]), device="cpu")
     batched = codec.encode(clips)
     single = [codec.encode([wave])[0] for wave in clips]
-    # Not bit-identical (DESIGN 2): batch-4 kernels sum in another order, a short clip's last frame sees
+    # Not bit-identical (docs/architecture.md): batch-4 kernels sum in another order, a short clip's last frame sees
     # zeros instead of reflect padding, and in this random model's RVQ a flipped code changes every
     # later level's residual, so deep levels agree less than the first.
     first_level = [agreement(a[:, 0], b[:, 0]) for a, b in zip(batched, single)]
@@ -244,7 +246,7 @@ def test_a_file_that_is_not_an_encodec_checkpoint_is_refused_by_name(tmp_path):
 
 RSS_SCRIPT = """
 import resource, sys, soundfile as sf
-from mega_audio.codec import load_codec
+from mega_audio.codecs import load_codec
 codec = load_codec(sys.argv[1], 1.5, weights=sys.argv[3] or None, device="cpu")
 wave, _ = sf.read(sys.argv[2], dtype="float32")
 codes = codec.encode([wave])[0]
@@ -288,7 +290,7 @@ def test_hub_id_loads_from_the_hf_cache_offline_and_the_demo_then_picks_encodec(
     shutil.copytree(encodec_weights["hf"], snapshot)
     (cache / "models--facebook--encodec_24khz" / "refs").mkdir()
     (cache / "models--facebook--encodec_24khz" / "refs" / "main").write_text("0123abc")
-    script = ("from mega_audio.codec import default_codec, load_codec; "
+    script = ("from mega_audio.codecs import default_codec, load_codec; "
               "print(default_codec(), load_codec('encodec', 1.5, device='cpu').fingerprint)")
 
     def run(hub_cache: Path) -> list[str]:
@@ -299,6 +301,6 @@ def test_hub_id_loads_from_the_hf_cache_offline_and_the_demo_then_picks_encodec(
     assert picked == "encodec"
     assert fingerprint == load_codec("encodec", 1.5, weights=str(encodec_weights["hf"]), device="cpu").fingerprint
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
-    empty = subprocess.run([sys.executable, "-c", "from mega_audio.codec import default_codec; print(default_codec())"],
+    empty = subprocess.run([sys.executable, "-c", "from mega_audio.codecs import default_codec; print(default_codec())"],
                            env=env, capture_output=True, text=True)
     assert empty.stdout.strip() == "bestrq"

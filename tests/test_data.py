@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mega_audio.data import TokenStream, collate, make_loader
-from mega_audio.store import TokenStore
+from mega_audio.data.store import TokenStore
+from mega_audio.data.stream import TokenStream, collate, make_loader
 
 PAD = 1025
 

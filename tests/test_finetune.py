@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from typer.testing import CliRunner
 
-from mega_audio.cli import app
-from mega_audio.finetune import (FinetuneConfig, chunk_drop, clip_outputs, embed, evaluate, finetune, load_classifier,
-                                 predict, windows)
-from mega_audio.manifests import build_manifest, write_manifest
-from mega_audio.metrics import confusion_png_size
-from mega_audio.model import MegaAudioFormer, load_weights, model_config
-from mega_audio.pipeline import TokenizeConfig, tokenize
-from mega_audio.store import TokenStore
-from mega_audio.tasks import IGNORE_INDEX, TASKS, get_task
+from mega_audio.cli import main
+from mega_audio.data.manifest import write_manifest
+from mega_audio.data.recipes import TASKS, build_manifest, get_task
+from mega_audio.data.store import TokenStore
+from mega_audio.data.tasks import NO_LABEL
+from mega_audio.data.tokenize import TokenizeConfig, tokenize
+from mega_audio.models.checkpoint import load_weights
+from mega_audio.models.classifier import AudioClassifier
+from mega_audio.models.config import model_config
+from mega_audio.models.mega import MegaAudioFormer
+from mega_audio.train.finetune import FinetuneConfig, chunk_drop, finetune
+from mega_audio.train.inference import clip_outputs, embed, evaluate, load_classifier, predict, windows
+from mega_audio.train.report import confusion_png_size
 
 SR = 16000
 
@@ -151,17 +154,16 @@ def test_checkpoint_records_codec_card_and_label_vocabulary(scratch_run, separab
     assert model.n_classes == 3
 
 
-def test_report_builds_table1_from_several_results(scratch_run, separable_store, tmp_path):
+def test_report_builds_table1_from_several_results(scratch_run, separable_store, tmp_path, capsys):
     out, results = scratch_run
     tuned = dict(results, init="some/checkpoint", metrics={"test": {"accuracy": 0.5, "macro_f1": 0.25}})
     augmented = dict(tuned, augment="chunk-drop", metrics={"test": {"accuracy": 0.75, "macro_f1": 0.5}})
     for name, r in (("tuned", tuned), ("augmented", augmented)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(r))
-    printed = CliRunner().invoke(app, ["report", str(out / "results.json"), str(tmp_path), "--out", str(tmp_path / "t.md")])
-    assert printed.exit_code == 0, printed.output
+    main(["report", str(out / "results.json"), str(tmp_path), "--out", str(tmp_path / "t.md")])
     table = (tmp_path / "t.md").read_text()
-    assert table in printed.output
+    assert table in capsys.readouterr().out
     assert table.splitlines()[0] == "| model | folder 1.5 kbps Acc | folder 1.5 kbps F1 |"
     assert table.splitlines()[2:] == ["| scratch | 100.0 | 100.0 |", "| fine-tuned | 50.0 | 25.0 |",
                                       "| fine-tuned + augmentation | 75.0 | 50.0 |"]
@@ -249,8 +251,6 @@ def test_chunks_eval_mode_averages_the_windows_of_a_long_clip():
     assert [len(w) for w in windows(np.zeros((260, 2)), 100, "chunks")] == [100, 100, 60]
     assert [len(w) for w in windows(np.zeros((260, 2)), 100, "whole")] == [260]
     torch.manual_seed(0)
-    from mega_audio.model import AudioClassifier
-
     model = AudioClassifier(model_config("tiny", 2, 1024), 4).eval()
     codes = np.random.default_rng(0).integers(0, 1024, (260, 2)).astype(np.int16)
     logits = lambda c, m: model(c, m)[0]  # noqa: E731
@@ -275,7 +275,7 @@ def test_predict_gives_the_same_answer_for_an_audio_file_and_its_token_file(scra
     assert sum(p for _, p in from_audio["top"]) == pytest.approx(1.0, abs=1e-4)  # 3 classes, top 3: all of them
 
 
-def test_predict_reads_token_files_without_any_codec(scratch_run, separable_store, tmp_path):
+def test_predict_reads_token_files_without_any_codec(scratch_run, separable_store, tmp_path, capsys):
     out, _ = scratch_run
     no_codec = tmp_path / "ckpt"
     no_codec.mkdir()
@@ -286,9 +286,8 @@ def test_predict_reads_token_files_without_any_codec(scratch_run, separable_stor
     (no_codec / "config.json").write_text(json.dumps(header))
     codes, meta = next(TokenStore(separable_store).iter_samples("test"))
     np.save(tmp_path / "clip.npy", codes)
-    result = CliRunner().invoke(app, ["predict", str(tmp_path / "clip.npy"), "--checkpoint", str(no_codec), "--top-k", "1"])
-    assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"{tmp_path / 'clip.npy'}: {meta['labels'][0]} ")
+    main(["predict", str(tmp_path / "clip.npy"), "--checkpoint", str(no_codec), "--top-k", "1"])
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'clip.npy'}: {meta['labels'][0]} ")
     with pytest.raises(Exception, match="no-such-weights"):  # audio needs the codec, and says which weights it looked for
         predict([meta["source"]], no_codec)
 
@@ -325,7 +324,7 @@ def test_nsynth_pitch_reads_the_pitch_from_the_clip_extra():
     task = get_task("nsynth-pitch")
     vocab = list(task.labels)
     targets = task.encode([{"labels": ["bass"], "extra": {"pitch": 60}}, {"labels": ["bass"]}], vocab)
-    assert targets.tolist() == [60, IGNORE_INDEX]
+    assert targets.tolist() == [60, NO_LABEL]
 
 
 def test_multi_label_targets_are_multi_hot_over_the_vocabulary():

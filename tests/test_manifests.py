@@ -14,16 +14,15 @@ from audio_trees import (
     write_tone,
 )
 
-from mega_audio.manifests import (
-    BUILDERS,
+from mega_audio.data.manifest import (
     Clip,
     ManifestError,
-    build_manifest,
     read_manifest,
     split_counts,
     stratified_split,
     write_manifest,
 )
+from mega_audio.data.recipes import RECIPES, build_manifest
 
 WRITERS = {"gtzan": write_gtzan_tree, "nsynth": write_nsynth_tree, "music_speech": write_music_speech_tree,
            "audioset": write_audioset_tree, "folder": write_folder_tree}
@@ -208,7 +207,7 @@ def test_stratified_split_is_seeded_and_a_class_keeps_its_split_when_others_chan
     assert only_a == {k: split[k] for k in keys[:10]}
 
 
-@pytest.mark.parametrize("dataset", sorted(BUILDERS))
+@pytest.mark.parametrize("dataset", sorted(RECIPES))
 def test_ids_have_no_dots_are_unique_and_manifests_are_byte_identical_across_builds(tmp_path, dataset):
     WRITERS[dataset](tmp_path / "data")
     first, _ = build_manifest(dataset, tmp_path / "data")

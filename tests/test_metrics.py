@@ -5,21 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from mega_audio.metrics import (
+from mega_audio.train.metrics import (
     accuracy,
     average_precision,
     confusion_matrix,
-    confusion_png_size,
-    load_results,
     macro_f1,
     macro_roc_auc,
     mean_average_precision,
     per_class_report,
-    plot_confusion,
     roc_auc,
     score,
-    table1,
 )
+from mega_audio.train.report import confusion_png_size, load_results, plot_confusion, table1
 
 Y_TRUE = np.array([0, 1, 2, 2, 1])
 Y_PRED = np.array([0, 2, 2, 2, 1])

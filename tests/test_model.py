@@ -5,19 +5,12 @@ import json
 import pytest
 import torch
 
-from mega_audio.layers import Rotary, SelfAttention, SummaryMixing, apply_rotary
-from mega_audio.model import (
-    IGNORE_INDEX,
-    PRESETS,
-    AudioClassifier,
-    FlatTransformer,
-    MegaAudioFormer,
-    ModelConfig,
-    mask_tokens,
-    mlm_loss,
-    model_config,
-    parameter_counts,
-)
+from mega_audio.models.classifier import AudioClassifier
+from mega_audio.models.config import PRESETS, ModelConfig, model_config
+from mega_audio.models.flat import FlatTransformer
+from mega_audio.models.layers import Rotary, SelfAttention, SummaryMixing, apply_rotary
+from mega_audio.models.masking import IGNORE_INDEX, mask_tokens, mlm_loss
+from mega_audio.models.mega import MegaAudioFormer, parameter_counts
 
 CODEBOOK = 1024
 

@@ -15,10 +15,11 @@ import yaml
 from stores import build_token_store
 
 from mega_audio.config import parse_config
-from mega_audio.data import TokenStream
-from mega_audio.model import MegaAudioFormer, read_checkpoint_config
-from mega_audio.pretrain import PretrainConfig, lr_at, run
-from mega_audio.store import ShardWriter, TokenStore, write_card
+from mega_audio.data.store import ShardWriter, TokenStore, write_card
+from mega_audio.data.stream import TokenStream
+from mega_audio.models.checkpoint import read_checkpoint_config
+from mega_audio.models.mega import MegaAudioFormer
+from mega_audio.train.pretrain import PretrainConfig, lr_at, run
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "train" / "pretrain.py")
@@ -38,7 +39,7 @@ def free_port() -> int:
 
 
 def launch_two_processes(*args):
-    """The documented 2-process CPU command (DESIGN 5): MULTI_GPU launcher (torchrun) + Accelerator(cpu=True)."""
+    """The documented 2-process CPU command (docs/architecture.md): MULTI_GPU launcher (torchrun) + Accelerator(cpu=True)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT, *args]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)

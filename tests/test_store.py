@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mega_audio.store import (ShardWriter, TokenStore, check_same_codec, clean_interrupted, list_shards, read_shard,
-                              shard_ids, write_card)
+from mega_audio.data.store import (ShardWriter, TokenStore, check_same_codec, clean_interrupted, list_shards,
+                                   read_shard, shard_ids, write_card)
 
 CODEC = {"name": "bestrq", "fingerprint": "abc", "sample_rate": 24000, "frame_rate": 75.0, "bandwidth": 1.5,
          "n_q": 2, "codebook_size": 1024}

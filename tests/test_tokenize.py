@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from audio_trees import write_folder_tree, write_gtzan_tree
 
-from mega_audio.manifests import read_manifest
-from mega_audio.pipeline import TokenizeConfig, tokenize
-from mega_audio.store import TokenStore, list_shards, read_shard
+from mega_audio.data.manifest import read_manifest
+from mega_audio.data.store import TokenStore, list_shards, read_shard
+from mega_audio.data.tokenize import TokenizeConfig, tokenize
 
 
 def config(tmp_path, **kw):

@@ -7,8 +7,8 @@
 import sys
 
 from mega_audio.config import parse_config
-from mega_audio.pipeline import TokenizeConfig, summary_line, tokenize
+from mega_audio.data.tokenize import TokenizeConfig, tokenize, tokenize_summary
 
 if __name__ == "__main__":
     cfg = parse_config(TokenizeConfig, sys.argv[1:], prog="tokenize_dataset.py", description=__doc__)
-    print(summary_line(tokenize(cfg)))
+    print(tokenize_summary(tokenize(cfg)))

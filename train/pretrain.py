@@ -1,14 +1,16 @@
-"""Pre-train Mega-AudioFormer on token stores: `accelerate launch train/pretrain.py --data STORE [--config run.yaml]`."""
+"""Pre-train Mega-AudioFormer on token stores: `accelerate launch train/pretrain.py --data STORE [--config run.yaml]`.
+
+The same command as `mega-audio pretrain` (same flags, same code): this file is the entry point accelerate launches."""
 
 import sys
 
+from mega_audio.cli import COMMANDS, run_pretrain
 from mega_audio.config import parse_config
-from mega_audio.pretrain import PretrainConfig, run
+from mega_audio.train.pretrain import PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(PretrainConfig, argv, description=__doc__)
-    run(cfg)
+    run_pretrain(parse_config(PretrainConfig, argv, prog="train/pretrain.py", description=COMMANDS["pretrain"].help))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import option, to_argv, to_dict
 from .audio import AudioError, load_audio
-from .config import option, to_dict
-from .manifests import Clip, build_manifest, read_manifest, write_manifest
+from .manifest import Clip, read_manifest, write_manifest
+from .recipes import RECIPES, build_manifest
 from .store import (
     FORMATS,
     ShardWriter,
@@ -32,7 +33,7 @@ from .store import (
 
 @dataclass
 class TokenizeConfig:
-    dataset: str = option("folder", "manifest builder: gtzan, nsynth, music_speech, audioset, folder")
+    dataset: str = option("folder", "dataset recipe: " + ", ".join(RECIPES))
     data_root: str = option("", "root of the audio dataset (layouts in the README)")
     out: str = option("", "token store directory to create or complete")
     codec: str = option("bestrq", "encodec or bestrq", choices=["encodec", "bestrq"])
@@ -141,17 +142,17 @@ class _WriterThread(threading.Thread):
             raise self.error
 
 
-def tokenize_local(cfg: TokenizeConfig, argv: list[str]) -> int:
+def tokenize_local(cfg: TokenizeConfig) -> int:
     """Run `cfg.nproc` tokenize processes on this machine, one slice each; returns how many failed."""
     ensure_manifest(cfg)
-    procs = [subprocess.Popen([sys.executable, "-m", "mega_audio.cli", "tokenize", *argv, "--nproc", "1",
+    procs = [subprocess.Popen([sys.executable, "-m", "mega_audio.cli", "tokenize", *to_argv(cfg), "--nproc", "1",
                                "--rank", str(r), "--world-size", str(cfg.nproc)]) for r in range(cfg.nproc)]
     return sum(p.wait() != 0 for p in procs)
 
 
 def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize this process's slice of the manifest into `cfg.out`; safe to re-run after a crash."""
-    from .codec import load_codec
+    from ..codecs import load_codec
 
     if not cfg.out:
         raise ValueError("--out is required: the token store directory")
@@ -230,7 +231,7 @@ def _update_card(store: Path, cfg: TokenizeConfig, codec_card: dict[str, Any], c
         return write_card(store, codec_card, cfg.format, cfg.dataset, extra=extra)
 
 
-def summary_line(stats: dict[str, Any]) -> str:
+def tokenize_summary(stats: dict[str, Any]) -> str:
     return (f"tokenize r{stats['rank']}/{stats['world_size']}: {stats['ok']} clips ok, {stats['failed']} failed, "
             f"{stats['seconds'] / 3600:.2f} h of audio, {stats['tokens']:,} tokens, "
             f"{stats['realtime']:.0f} audio-s per wall-s")

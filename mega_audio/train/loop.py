@@ -1,4 +1,5 @@
-"""What the pre-training and fine-tuning loops share: the Accelerator set-up, the LR schedule and the codec check."""
+"""What the pre-training and fine-tuning loops share: the Accelerator set-up, the LR schedule, one optimizer step
+(set the LR, backward, clip, step), the progress bar, and the check that data and checkpoint share a codec."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-CODEC_KEYS = ("name", "fingerprint", "n_q", "codebook_size")
+from ..data.store import CODEC_KEYS
 
 
 def make_accelerator(cpu: bool, mixed_precision: str | None, **kwargs: Any):
@@ -31,6 +33,27 @@ def cosine_lr(step: int, peak: float, warmup_steps: int, decay_steps: int, min_r
         return peak * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   grad_clip: float) -> None:
+    """Backward, clip the global gradient norm (0 = off) when gradients are synced, step and clear the gradients.
+    Under `accelerator.accumulate` the step is a no-op until the last micro-batch."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def progress_bar(accelerator, total: int, desc: str, initial: int = 0) -> tqdm:
+    """A step counter on the main process only (one bar, also under torchrun / accelerate launch)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not accelerator.is_main_process)
 
 
 def describe_codec(codec: dict) -> str:

@@ -11,15 +11,26 @@ Five classes, each with wide random variation inside it, and every clip carries 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from ..config import option
+
 SAMPLE_RATE = 24000
 CLASSES = ("bright_note", "mellow_note", "drums", "speech", "noise")
 VOWEL_FORMANTS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
+
+
+@dataclass
+class SynthConfig:
+    out: str = option("", "folder to write <label>/<files> into", positional=True)
+    per_class: int = option(40, "clips per class")
+    seconds: float = option(4.0, "clip length")
+    seed: int = option(0, "random seed")
 
 
 def _envelope(n: int, attack: float, decay: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Audio codecs that turn 24 kHz mono waveforms into int16 token grids (T, n_q) at 75 Hz."""
+"""Encodec 24 kHz through `transformers.EncodecModel`: weight loading (HF dir, hub id or Meta `.th`), a bounded-memory
+streaming encoder that gives HF's codes, and the codebook seeding that makes a random Encodec usable in tests.
+
+Why transformers' port and not Meta's `encodec` package: see docs/architecture.md ("Codecs"). A little over 300
+lines: the weight loader, the encoder and its helpers are one job (Encodec in, codes out) and read best together."""
 
 from __future__ import annotations
 
@@ -12,61 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BITRATE_TO_NQ = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
+from .base import BITRATE_TO_NQ, HOP, SAMPLE_RATE, Codec, CodecWeightsError
+
 DEFAULT_ENCODEC = "facebook/encodec_24khz"
-SAMPLE_RATE, HOP, CODEBOOK_SIZE = 24_000, 320, 1024
-
-
-class CodecWeightsError(RuntimeError):
-    """The codec's weights could not be found or do not fit the model."""
-
-
-class Codec:
-    """One interface for every codec: encode(waves) -> [int16 (ceil(len/320), n_q)]."""
-
-    name: str
-    sample_rate: int = SAMPLE_RATE
-    hop_length: int = HOP
-    frame_rate: float = SAMPLE_RATE / HOP
-    codebook_size: int = CODEBOOK_SIZE
-    bandwidth: float
-    n_q: int
-    fingerprint: str
-
-    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def n_frames(self, n_samples: int) -> int:
-        return math.ceil(n_samples / self.hop_length)
-
-    def params(self) -> dict:
-        """Codec-specific fields for the store card."""
-        return {}
-
-    def card(self) -> dict:
-        return dict(name=self.name, fingerprint=self.fingerprint, sample_rate=self.sample_rate,
-                    frame_rate=self.frame_rate, hop_length=self.hop_length, bandwidth=self.bandwidth,
-                    n_q=self.n_q, codebook_size=self.codebook_size, **self.params())
-
-
-def load_codec(name: str, bitrate: float, weights: str | None = None, device: str | None = None,
-               compile: bool = False) -> Codec:
-    """Build a codec by name ("encodec" or "bestrq") at a bitrate in BITRATE_TO_NQ (kbps).
-
-    `compile` (encodec only) trades 10-30 s of torch.compile per process for ~1.2x faster encoding."""
-    if float(bitrate) not in BITRATE_TO_NQ:
-        raise ValueError(f"bitrate {bitrate} kbps is not one of {sorted(BITRATE_TO_NQ)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        _use_available_cores()
-    if name == "encodec":
-        return EncodecCodec(load_encodec_model(weights or DEFAULT_ENCODEC), float(bitrate), device,
-                            source=weights or DEFAULT_ENCODEC, compile=compile)
-    if name == "bestrq":
-        from .bestrq import BestRQCodec  # imported here: bestrq.py builds on this module's Codec
-
-        return BestRQCodec(float(bitrate), device=device)
-    raise ValueError(f"unknown codec {name!r}: use 'encodec' or 'bestrq'")
 
 
 def default_codec() -> str:
@@ -75,14 +27,6 @@ def default_codec() -> str:
 
     cached = [try_to_load_from_cache(DEFAULT_ENCODEC, name) for name in ("config.json", "model.safetensors")]
     return "encodec" if all(isinstance(path, str) for path in cached) else "bestrq"
-
-
-def _use_available_cores() -> None:
-    # torch counts the host's cores; in a container or under taskset fewer may be ours (oversubscription
-    # makes matmuls several times slower).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
 
 
 # ---------------------------------------------------------------- Encodec weights
@@ -145,7 +89,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-META_TO_HF = [  # Meta's encodec package layout -> transformers' layout (DESIGN 2)
+META_TO_HF = [  # Meta's encodec package layout -> transformers' layout (docs/architecture.md)
     ("quantizer.vq.layers.", "quantizer.layers."), ("._codebook.", ".codebook."),
     ("encoder.model.", "encoder.layers."), ("decoder.model.", "decoder.layers."),
     (".conv.conv.", ".conv."), (".convtr.convtr.", ".conv."),

@@ -1,4 +1,4 @@
-"""Training input: token stores -> seeded, rank/worker-split sample stream -> cropped, padded, masked batches."""
+"""Training input: token stores -> seeded, rank/worker-split sample stream -> cropped, padded batches (+ a task's filter)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .store import Sample, ShardInfo, TokenStore, read_shard
+from .tasks import ClipFilter, Task
 
 Batch = dict[str, Any]  # codes (B, T, n_q) long, padding_mask (B, T) bool (True = valid), ids, labels
 CROPS = ("random", "start", "center")
@@ -166,6 +167,19 @@ class TokenStream(IterableDataset):
         for index, chunk in enumerate(chunked(samples, self.batch_size), start=skip_batches):
             rng = np.random.default_rng([self.seed, slot, index])
             yield collate(chunk, self.max_frames, self.pad_id, self.crop, rng, self.codes_dtype)
+
+
+class TaskStream(TokenStream):
+    """A TokenStream whose clips are filtered by `keep` and labelled by the task (e.g. NSynth pitch from `extra`)."""
+
+    def __init__(self, *args, task: Task, keep: ClipFilter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task, self.keep = task, keep
+
+    def epoch_samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[Sample]:
+        for codes, meta in super().epoch_samples(epoch, slot, n_slots):
+            if self.keep(meta):
+                yield codes, {**meta, "labels": self.task.clip_labels(meta)}
 
 
 def make_loader(stream: TokenStream, num_workers: int, pin_memory: bool | None = None) -> DataLoader:

@@ -1,12 +1,13 @@
-"""Masked-token pre-training with Accelerate: streamed token batches, AdamW + cosine, atomic checkpoints, exact resume."""
+"""Masked-token pre-training with Accelerate: streamed token batches, AdamW + cosine, atomic checkpoints, exact resume.
+
+`train/pretrain.py` and `mega-audio pretrain` both run `run(PretrainConfig)`. A little over 300 lines: the config's
+flags and one loop that stays visible top to bottom (checkpoint files are `resume.py`, shared steps `loop.py`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,28 +15,18 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from .config import option, to_dict
-from .data import TokenStream, make_loader
-from .fileio import atomic_write_text
-from .model import (
-    GLOBAL_MIXERS,
-    IGNORE_INDEX,
-    PRESETS,
-    MegaAudioFormer,
-    ModelConfig,
-    mask_tokens,
-    mlm_loss,
-    model_config,
-    read_checkpoint_config,
-)
-from .store import TokenStore, check_same_codec
-from .training import check_codec, cosine_lr, make_accelerator
-
-STATE_NAME = "trainer_state.json"
+from ..config import option, to_dict
+from ..data.store import TokenStore, check_same_codec
+from ..data.stream import TokenStream, make_loader
+from ..fileio import atomic_write_text
+from ..models.checkpoint import read_checkpoint_config
+from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
+from ..models.masking import IGNORE_INDEX, mask_tokens, masking_generator, mlm_loss
+from ..models.mega import MegaAudioFormer
+from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
+from .resume import find_resume, save_training_state, weights_digest
 
 
 @dataclass
@@ -78,14 +69,8 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.decay_steps or cfg.max_steps, cfg.min_lr_ratio)
 
 
-def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:
-    """The masks of one micro-batch depend on (seed, rank, step, micro) only, so a resumed run masks the same tokens."""
-    state = int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1)[0])
-    return torch.Generator(device=device).manual_seed(state)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# data, codec and checkpoint checks
+# data and checkpoint checks
 
 
 def open_stores(paths: list[str]) -> list[TokenStore]:
@@ -99,45 +84,6 @@ def open_stores(paths: list[str]) -> list[TokenStore]:
 def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
     present = {s.split for store in stores for s in store.shards()}
     return next((split for split in dict.fromkeys([wanted, "valid", "test"]) if split in present), None)
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (a `.tmp` directory is one being written), oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")) if root.exists() else []
-
-
-def read_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / STATE_NAME).read_text())
-
-
-def save_checkpoint(accelerator, output_dir: str | Path, state: dict, keep: int) -> Path:
-    """accelerator.save_state into step_XXXXXXX.tmp, then one rename: a crash leaves no half checkpoint behind."""
-    root = Path(output_dir) / "checkpoints"
-    final = root / f"step_{state['step']:07d}"
-    tmp = root / (final.name + ".tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank writes its RNG state; the main rank the model and optimizer
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,7 +100,7 @@ def eval_batches_per_rank(stream: TokenStream, num_workers: int, wanted: int) ->
 
 
 @torch.no_grad()
-def evaluate(model, loader, n_batches: int, accelerator, cfg: PretrainConfig, mask_id: int) -> dict[str, float]:
+def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainConfig, mask_id: int) -> dict[str, float]:
     """Masked loss and accuracy on this rank's disjoint slice of the held-out split; one reduce at the end."""
     was_training = model.training
     model.eval()
@@ -188,19 +134,6 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None) -> 
         return model, model.config
     model_cfg = model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer)
     return MegaAudioFormer(model_cfg), model_cfg
-
-
-def find_resume(cfg: PretrainConfig, codec: dict) -> tuple[Path | None, dict | None]:
-    """The checkpoint to continue from (None for a fresh run), after checking it was trained on this codec."""
-    existing = checkpoints(cfg.output_dir)
-    if existing and not cfg.resume:
-        raise ValueError(f"{cfg.output_dir} already holds checkpoints ({existing[-1].name}): pass --resume to continue "
-                         f"that run, or choose a new --output-dir")
-    if not (cfg.resume and existing):
-        return None, None
-    state = read_state(existing[-1])
-    check_codec(state["codec"], codec, existing[-1], cfg.data)
-    return existing[-1], state
 
 
 def check_init_from(cfg: PretrainConfig, codec: dict) -> None:
@@ -247,8 +180,7 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
                run_start: int = 0) -> tuple[torch.Tensor, int]:
     """cfg.grad_accum micro-batches and one optimizer step. Returns (loss sum, micro-batches, valid frames) on the
     device, for logging without a sync, and the valid frames as a host int."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg)
+    set_lr(optimizer, lr_at(step, cfg))
     totals, frames = torch.zeros(3, device=accelerator.device), 0
     for micro in range(cfg.grad_accum):
         batch = next(batches)
@@ -259,11 +191,7 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
         inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id)
         with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
             _, loss = model(inputs, padding_mask, targets)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, model, optimizer, loss, cfg.grad_clip)
         n_valid = int(valid.sum())
         frames += n_valid
         totals += torch.stack([loss.detach().float(), torch.ones_like(totals[0]), torch.full_like(totals[0], n_valid)])
@@ -280,7 +208,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     start_time = time.time()
     stores = open_stores(cfg.data)
     codec, output_dir = stores[0].card["codec"], Path(cfg.output_dir)
-    resume_from, resume_state = find_resume(cfg, codec)
+    resume_from, resume_state = find_resume(cfg.output_dir, cfg.resume, codec, cfg.data)
     if cfg.init_from and resume_from is None:
         check_init_from(cfg, codec)
 
@@ -293,7 +221,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     model, model_cfg = build_model(cfg, codec, resume_state)
     model.to(accelerator.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr)
-    model, optimizer = accelerator.prepare(model, optimizer)  # never the loader: the stream splits itself (DESIGN 5)
+    model, optimizer = accelerator.prepare(model, optimizer)  # never the loader: the stream splits itself (docs/architecture.md)
 
     start_step, frames_seen = 0, 0
     if resume_from is not None:
@@ -324,7 +252,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             writer.add_scalar(f"{prefix}/{k}", v, step)
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id)
+        metrics = evaluate_masked(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id)
         log(step, "eval", metrics)
         accelerator.print(f"step {step}: eval loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}")
         return metrics
@@ -332,7 +260,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     model.train()
     window = torch.zeros(3, device=accelerator.device)  # loss sum, micro-batches, valid frames since the last log
     last_loss, eval_metrics, window_start = resume_state and resume_state.get("loss"), {}, time.time()
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="pretrain", unit="step", disable=not accelerator.is_main_process)
+    bar = progress_bar(accelerator, cfg.max_steps, "pretrain", initial=start_step)
     for step in range(start_step, cfg.max_steps):
         totals, frames = train_step(step, batches, model, optimizer, accelerator, cfg, model_cfg.mask_id, debug, start_step)
         window += totals
@@ -356,7 +284,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.max_steps:
             state = {"step": done, "batches_per_rank": done * cfg.grad_accum, "frames_seen": frames_seen * world,
                      "loss": last_loss, "codec": codec, "model": model_cfg.to_dict(), **data_position(cfg, world)}
-            save_checkpoint(accelerator, output_dir, state, cfg.keep_checkpoints)
+            save_training_state(accelerator, output_dir, state, cfg.keep_checkpoints)
     bar.close()
 
     end_step = max(start_step, cfg.max_steps)
@@ -372,7 +300,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         writer.close()
     stats = {"steps": end_step, "loss": last_loss, "eval": eval_metrics, "processes": world, "model_dir": str(export_dir),
              "audio_hours": total_frames / codec["frame_rate"] / 3600, "wall_s": time.time() - start_time}
-    accelerator.print(summary_line(stats))
+    accelerator.print(pretrain_summary(stats))
     accelerator.end_training()
     return stats
 
@@ -392,7 +320,7 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
     return export_dir
 
 
-def summary_line(stats: dict[str, Any]) -> str:
+def pretrain_summary(stats: dict[str, Any]) -> str:
     loss = "n/a" if stats["loss"] is None else f"{stats['loss']:.4f}"
     ev = stats["eval"]
     evaluation = f"eval loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" if ev else "no eval"

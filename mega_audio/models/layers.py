@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by the Mega-AudioFormer encoders and the flat baseline."""
+"""Transformer building blocks shared by the Mega-AudioFormer encoders, the flat baseline and the classifier, and
+their initialisation."""
 
 from __future__ import annotations
 
@@ -173,3 +174,15 @@ def attention_valid_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | No
     if padding_mask is None or bool(padding_mask.all()):
         return None
     return padding_mask | ~padding_mask.any(dim=1, keepdim=True)
+
+
+def init_weights(module: nn.Module, depth: int) -> None:
+    """nanoGPT init: N(0, 0.02), residual projections scaled down by sqrt(2 * depth)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    for name, p in module.named_parameters():
+        if name.endswith("out_proj.weight"):
+            nn.init.normal_(p, std=0.02 / (2 * depth) ** 0.5)

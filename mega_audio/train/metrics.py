@@ -1,10 +1,7 @@
-"""Downstream scores in numpy (accuracy, macro-F1, mAP, ROC-AUC), per-class reports, the confusion PNG and Table 1."""
+"""Downstream scores in numpy (accuracy, macro-F1, mAP, ROC-AUC, log loss) and per-class precision / recall / F1."""
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,101 +137,11 @@ def per_class_report(targets: np.ndarray, scores: np.ndarray, labels: list[str],
     return rows
 
 
-def per_class_markdown(rows: list[dict[str, Any]]) -> str:
-    keys = [k for k in ("precision", "recall", "f1", "ap", "roc_auc") if rows and k in rows[0]]
-    lines = ["| class | support | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
-    for row in rows:
-        lines.append(f"| {row['label']} | {row['support']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# the confusion-matrix picture
-
-
-def confusion_png_size(n_classes: int, dpi: int = 100) -> tuple[int, int]:
-    """(height, width) in pixels of the PNG plot_confusion writes for n_classes (square, 4 to 20 inches)."""
-    side = round(min(20.0, max(4.0, 2.0 + 0.45 * n_classes)) * dpi)
-    return side, side
-
-
-def plot_confusion(matrix: np.ndarray, labels: list[str], path: str | Path, title: str = "", dpi: int = 100) -> Path:
-    """Row-normalised confusion matrix with counts in the cells, saved as a PNG of confusion_png_size pixels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(labels)
-    height, width = confusion_png_size(n, dpi)
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
-    ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if normalised[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the size stays exactly figsize * dpi
-    plt.close(fig)
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Table 1: rows scratch / fine-tuned / fine-tuned + augmentation, column groups per (task, bitrate)
-
-ROW_ORDER = ("scratch", "scratch + augmentation", "fine-tuned", "fine-tuned + augmentation", "frozen probe")
-METRIC_NAMES = {"accuracy": "Acc", "macro_f1": "F1", "map": "mAP", "roc_auc": "AUC"}
-
-
-def result_row(result: dict[str, Any]) -> str:
-    """Which Table 1 row a results.json belongs to."""
-    if result["config"].get("freeze"):
-        return "frozen probe"
-    row = "scratch" if not result.get("init") else "fine-tuned"
-    return row + (" + augmentation" if result.get("augment", "none") != "none" else "")
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = 100 * float(np.mean(values))
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * float(np.std(values)):.1f}"
-
-
-def table1(results: list[dict[str, Any]], split: str = "test") -> str:
-    """Markdown in the paper's Table 1 layout; several runs of one cell (seeds) show mean ± std in percent."""
-    cells: dict[tuple[str, str, float, str], list[float]] = defaultdict(list)
-    groups: dict[tuple[str, float], list[str]] = {}
-    for r in results:
-        group = (r["task"], float(r["bitrate"]))
-        groups[group] = list(r["metrics"][split])
-        for metric, value in r["metrics"][split].items():
-            cells[(result_row(r), r["task"], float(r["bitrate"]), metric)].append(value)
-    columns = [(task, bitrate, m) for task, bitrate in sorted(groups) for m in groups[(task, bitrate)]]
-    header = ["model"] + [f"{task} {bitrate:g} kbps {METRIC_NAMES.get(m, m)}" for task, bitrate, m in columns]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
-    present_rows = {result_row(r) for r in results}
-    for row in [r for r in ROW_ORDER if r in present_rows]:
-        values = [_cell(cells.get((row, *column), [])) for column in columns]
-        lines.append("| " + " | ".join([row, *values]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def load_results(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """results.json files, or directories holding one (searched recursively)."""
-    results = []
-    for path in map(Path, paths):
-        files = sorted(path.rglob("results.json")) if path.is_dir() else [path]
-        if not files:
-            raise FileNotFoundError(f"no results.json under {path}: pass the output_dir of `mega-audio finetune` runs")
-        results += [json.loads(f.read_text()) for f in files]
-    return results
+def log_loss(targets: np.ndarray, scores: np.ndarray, multi_label: bool) -> float:
+    """Mean cross-entropy (or binary cross-entropy) of the probabilities: breaks ties between equally accurate epochs."""
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    if not len(p):
+        return float("nan")
+    if multi_label:
+        return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(p)), targets]).mean())

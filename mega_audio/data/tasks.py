@@ -1,4 +1,5 @@
-"""Downstream tasks: which store splits train/select/report, the label vocabulary, single or multi-label, the metrics."""
+"""The task type (which store splits train / select / report, the label vocabulary, single or multi-label, the
+metrics) and a task's view of a store. The tasks themselves are defined beside their dataset in `recipes/`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import TokenStream
-from .manifests import GTZAN_GENRES, NSYNTH_FAMILIES, audioset_classes
 from .store import Sample, TokenStore
 
-IGNORE_INDEX = -100  # single-label target of a clip whose label is outside the vocabulary (skipped by the loss)
+NO_LABEL = -100  # single-label target of a clip whose label is outside the vocabulary: torch cross_entropy skips it
 HOLDOUT = "holdout"  # valid split name meaning "a seeded slice of the train split", for datasets without one
 
 
@@ -58,7 +57,7 @@ class Task:
         return list(meta.get("labels") or [])
 
     def encode(self, metas: list[dict[str, Any]], vocab: list[str]) -> np.ndarray:
-        """Targets of clips: single-label (B,) class ids (IGNORE_INDEX when unknown), multi-label (B, C) 0/1 float32."""
+        """Targets of clips: single-label (B,) class ids (NO_LABEL when unknown), multi-label (B, C) 0/1 float32."""
         return self.encode_labels([self.clip_labels(m) for m in metas], vocab)
 
     def encode_labels(self, labels: list[list[str]], vocab: list[str]) -> np.ndarray:
@@ -68,7 +67,7 @@ class Task:
             for row, names in enumerate(labels):
                 targets[row, [index[x] for x in names if x in index]] = 1.0
             return targets
-        return np.array([next((index[x] for x in names if x in index), IGNORE_INDEX) for names in labels], dtype=np.int64)
+        return np.array([next((index[x] for x in names if x in index), NO_LABEL) for names in labels], dtype=np.int64)
 
     def has_target(self, meta: dict[str, Any], vocab: Collection[str]) -> bool:
         return any(label in vocab for label in self.clip_labels(meta))
@@ -113,19 +112,6 @@ def index_entries(store: TokenStore, split: str) -> Iterator[tuple[str, list[str
         yield from zip(index["ids"], index["labels"])
 
 
-class TaskStream(TokenStream):
-    """A TokenStream whose clips are filtered by `keep` and labelled by the task (e.g. NSynth pitch from `extra`)."""
-
-    def __init__(self, *args, task: Task, keep: ClipFilter, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.task, self.keep = task, keep
-
-    def epoch_samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[Sample]:
-        for codes, meta in super().epoch_samples(epoch, slot, n_slots):
-            if self.keep(meta):
-                yield codes, {**meta, "labels": self.task.clip_labels(meta)}
-
-
 @dataclass(frozen=True)
 class TaskView:
     splits: dict[str, str]  # role (train, valid, test) -> store split it reads
@@ -154,27 +140,3 @@ def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: f
 
 def split_samples(store: TokenStore, split: str, keep: ClipFilter) -> Iterator[Sample]:
     return ((codes, meta) for codes, meta in store.iter_samples(split) if keep(meta))
-
-
-def _audioset_names() -> tuple[str, ...]:
-    return tuple(name for _, name in audioset_classes())  # the display names manifests.py stores as labels
-
-
-MIDI_PITCHES = tuple(str(p) for p in range(128))
-
-TASKS: dict[str, Task] = {
-    "gtzan": Task("gtzan", "10 genres, fault-filtered split (Kereliuk et al. 2015)", ("gtzan",), labels=GTZAN_GENRES),
-    "nsynth": Task("nsynth", "11 instrument families", ("nsynth",), labels=NSYNTH_FAMILIES),
-    "nsynth-pitch": Task("nsynth-pitch", "MIDI pitch of the note (128 classes)", ("nsynth",), labels=MIDI_PITCHES,
-                         target="pitch"),
-    "speech_music": Task("speech_music", "GTZAN music/speech, 2 classes", ("music_speech",), labels=("music", "speech")),
-    "audioset": Task("audioset", "527 labels, multi-label; valid = a held-out slice of balanced_train", ("audioset",),
-                     multi_label=True, train="balanced_train", valid=HOLDOUT, test="eval", labels=_audioset_names()),
-    "folder": Task("folder", "any labelled store: single-label, the card's label vocabulary"),
-}
-
-
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    return TASKS[name]

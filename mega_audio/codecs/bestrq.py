@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import BITRATE_TO_NQ, CODEBOOK_SIZE, HOP, SAMPLE_RATE, Codec
+from .base import BITRATE_TO_NQ, CODEBOOK_SIZE, HOP, SAMPLE_RATE, Codec
 
 
 class BestRQCodec(Codec):

@@ -1,0 +1,1 @@
+"""The data stages: audio files -> manifest (recipes) -> tokenize (codecs) -> token store -> training batches."""

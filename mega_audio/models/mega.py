@@ -1,0 +1,101 @@
+"""Mega-AudioFormer, the architecture only (read it top to bottom): per-level token embeddings -> one MegaByte patch
+per frame -> a global encoder over frames -> a local encoder inside each frame -> per-level logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from .checkpoint import Pretrained
+from .config import ModelConfig
+from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights
+from .masking import IGNORE_INDEX, mlm_loss
+
+
+class GlobalEncoder(nn.Module):
+    """Per-level token embeddings -> one patch per frame -> bidirectional Transformer over frames."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = LevelEmbedding(config.n_q, config.vocab_size, config.d_token)
+        self.patch_proj = nn.Linear(config.n_q * config.d_token, config.d_global)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = Encoder(
+            config.d_global, config.n_global_layers, config.n_global_heads, config.mlp_ratio, config.dropout,
+            mixer=config.global_mixer,
+        )
+
+    def embed(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """codes: (B, T, n_q) -> token embeddings (B, T, n_q, d_token); padded frames read as PAD."""
+        if codes.shape[-1] != self.config.n_q:
+            raise ValueError(f"codes have {codes.shape[-1]} levels, the model expects n_q={self.config.n_q}: "
+                             f"codes must be (B, T, n_q) at the model's bitrate")
+        if padding_mask is not None:
+            codes = codes.masked_fill(~padding_mask.unsqueeze(-1), self.config.pad_id)
+        return self.tokens(codes.long())
+
+    def encode(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, T, n_q, d_token) -> frame states (B, T, d_global)."""
+        patches = self.patch_proj(rearrange(tokens, "b t q d -> b t (q d)"))  # MegaByte patch embedding
+        return self.encoder(self.dropout(patches), attention_valid_mask(padding_mask))
+
+    def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(self.embed(codes, padding_mask), padding_mask)
+
+
+class LocalEncoder(nn.Module):
+    """Within each frame: token embeddings + that frame's global state -> per-level logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.token_proj = nn.Identity() if config.d_token == config.d_local else nn.Linear(config.d_token, config.d_local)
+        self.frame_proj = nn.Linear(config.d_global, config.d_local)
+        self.encoder = Encoder(config.d_local, config.n_local_layers, config.n_local_heads, config.mlp_ratio, config.dropout)
+        self.heads = LevelHeads(config.n_q, config.d_local, config.codebook_size)
+
+    def forward(self, tokens: torch.Tensor, frames: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, T, n_q, d_token), frames: (B, T, d_global) -> logits (B, T, n_q, codebook_size),
+        or with select: (B, T, n_q) bool only the selected tokens' logits (n_selected, codebook_size), level by level."""
+        x = self.token_proj(tokens) + self.frame_proj(frames).unsqueeze(2)  # (B, T, n_q, d_local)
+        x = rearrange(x, "b t q d -> (b t) q d")  # one short sequence per frame, rotary over the level
+        x = self.encoder(x)  # a frame has all its levels: no padding inside
+        if select is not None:
+            return self.heads(x, rearrange(select, "b t q -> (b t) q"))
+        return rearrange(self.heads(x), "(b t) q v -> b t q v", b=tokens.shape[0])
+
+
+class MegaAudioFormer(Pretrained, nn.Module):
+    """Masked token model over codec tokens: a global encoder over frames, a local encoder within frames."""
+
+    model_type = "mega_audio_former"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.global_encoder = GlobalEncoder(config)
+        self.local_encoder = LocalEncoder(config)
+        init_weights(self.global_encoder, config.n_global_layers)
+        init_weights(self.local_encoder, config.n_local_layers)
+
+    def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+        """codes: (B, T, n_q), padding_mask: (B, T) True = valid -> (logits (B, T, n_q, V), None).
+
+        With targets (from mask_tokens) -> (logits of the masked tokens only (n_masked, V), loss), ordered
+        level by level: the output heads skip the 75% of tokens the loss ignores (nanoGPT's trick of
+        computing only the logits it needs)."""
+        select = None if targets is None else targets != IGNORE_INDEX
+        tokens = self.global_encoder.embed(codes, padding_mask)  # (B, T, n_q, d_token)
+        frames = self.global_encoder.encode(tokens, padding_mask)  # (B, T, d_global)
+        logits = self.local_encoder(tokens, frames, select)  # (B, T, n_q, V) or (n_masked, V)
+        return logits, None if targets is None else mlm_loss(logits, targets)[0]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per top-level part ("global", "local", "head", ...) and in total."""
+    counts = {name.removesuffix("_encoder"): sum(p.numel() for p in child.parameters())
+              for name, child in model.named_children()}
+    counts = {k: v for k, v in counts.items() if v}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts

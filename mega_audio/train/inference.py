@@ -1,0 +1,199 @@
+"""Using a trained model: clip-level outputs over whole clips or averaged windows, `evaluate` a fine-tuned checkpoint
+on a store split, `embed` every clip of a store, `predict` labels of audio or token files (tokenized on the fly); the configs of those three commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import option
+from ..data.recipes import get_task
+from ..data.store import Sample, TokenStore
+from ..data.stream import chunked, collate
+from ..data.tasks import ClipFilter, Task, split_samples
+from ..models.checkpoint import read_checkpoint_config
+from ..models.classifier import AudioClassifier
+from ..models.mega import MegaAudioFormer
+from .loop import check_codec
+from .metrics import log_loss, score
+
+EVAL_MODES = ("whole", "chunks")
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = option("", "a `mega-audio finetune` output dir", required=True)
+    data: str = option("", "token store made with the checkpoint's codec", required=True)
+    split: str | None = option(None, "store split (default: the task's test split)")
+    eval_mode: str | None = option(None, "whole or chunks (default: as fine-tuned)", choices=list(EVAL_MODES))
+    batch_size: int = option(32, "clips per batch")
+
+
+@dataclass
+class PredictConfig:
+    files: list[str] = option([], "audio files, or .npy token files (T, n_q)", positional=True)
+    checkpoint: str = option("", "a `mega-audio finetune` output dir", required=True)
+    top_k: int = option(5, "labels to print per file")
+    codec_weights: str | None = option(None, "Encodec weights, if not where the checkpoint's card says")
+
+
+@dataclass
+class EmbedConfig:
+    checkpoint: str = option("", "a fine-tuned or pre-trained checkpoint dir", required=True)
+    data: str = option("", "token store", required=True)
+    out: str = option("", "X.npy: (N, d) float32 embeddings; ids, labels and splits go to X.json", required=True)
+    split: str | None = option(None, "one split (default: all)")
+    eval_mode: str = option("whole", "whole, or chunks of --max-seconds averaged", choices=list(EVAL_MODES))
+    max_seconds: float | None = option(None, "window for --eval-mode chunks")
+    batch_size: int = option(32, "clips per batch")
+
+
+def load_classifier(checkpoint: str | Path, device: str = "cpu") -> tuple[AudioClassifier, dict]:
+    """A classifier and its metadata (task, labels, codec card, window); a pre-training export gives an embedder."""
+    header = read_checkpoint_config(checkpoint)
+    n_classes = 1 if header["model_type"] == MegaAudioFormer.model_type else None
+    return AudioClassifier.from_pretrained(checkpoint, n_classes, device=device).eval(), header.get("metadata", {})
+
+
+def windows(codes: np.ndarray, max_frames: int | None, mode: str) -> list[np.ndarray]:
+    """codes: (T, n_q) -> the whole clip, or consecutive max_frames windows (a last one under half a window is dropped)."""
+    if mode == "whole" or max_frames is None or len(codes) <= max_frames:
+        return [codes]
+    pieces = [codes[s: s + max_frames] for s in range(0, len(codes), max_frames)]
+    return pieces[:-1] if len(pieces[-1]) < max_frames // 2 else pieces
+
+
+@torch.no_grad()
+def clip_outputs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], samples: Iterable[Sample], pad_id: int,
+                 max_frames: int | None, mode: str, batch_size: int, device: torch.device | str,
+                 desc: str | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """(meta, fn output averaged over the clip's windows) per clip.
+    fn: (codes (B, T, n_q), padding_mask (B, T)) -> (B, D)."""
+    bar = tqdm(desc=desc, unit="clip", disable=desc is None, leave=False)
+    for group in chunked(samples, batch_size):
+        pieces = [windows(codes, max_frames, mode) for codes, _ in group]
+        flat = [(w, meta) for ws, (_, meta) in zip(pieces, group) for w in ws]
+        outputs = []
+        for sub in chunked(flat, batch_size):
+            batch = collate(sub, None, pad_id, crop="start")
+            outputs.append(fn(batch["codes"].to(device), batch["padding_mask"].to(device)).float().cpu())
+        outputs = torch.cat(outputs).numpy()  # (windows, D)
+        start = 0
+        for ws, (_, meta) in zip(pieces, group):
+            yield meta, outputs[start: start + len(ws)].mean(axis=0)
+            start += len(ws)
+        bar.update(len(group))
+    bar.close()
+
+
+def evaluate_split(model: AudioClassifier, samples: Iterable[Sample], task: Task, vocab: list[str], pad_id: int,
+                   max_frames: int | None, mode: str, batch_size: int, accelerator=None, desc: str | None = None) -> dict:
+    """Metrics of one split; with several processes each takes every world_size-th clip and the results are gathered."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    logits_fn = lambda codes, mask: model(codes, mask)[0]  # noqa: E731
+    mine = list(clip_outputs(logits_fn, (s for i, s in enumerate(samples) if i % world == rank), pad_id, max_frames,
+                             mode, batch_size, device, desc if rank == 0 else None))
+    if world > 1:
+        from accelerate.utils import gather_object
+        mine = gather_object(mine)
+    logits = np.stack([out for _, out in mine]) if mine else np.zeros((0, len(vocab)), dtype=np.float32)  # (N, C)
+    scores = model.probabilities(torch.from_numpy(logits)).numpy()  # (N, C): sigmoid (multi-label) or softmax
+    targets = task.encode([meta for meta, _ in mine], vocab)
+    return {"metrics": score(targets, scores, task.multi_label), "loss": log_loss(targets, scores, task.multi_label),
+            "n": len(mine), "ids": [m["id"] for m, _ in mine], "targets": targets, "scores": scores}
+
+
+def load_finetuned(checkpoint: str | Path) -> tuple[AudioClassifier, dict]:
+    model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+    if "labels" not in meta:
+        raise ValueError(f"{checkpoint} is not a fine-tuned classifier (no label vocabulary): run `mega-audio finetune`")
+    return model, meta
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, eval_mode: str | None = None,
+             batch_size: int = 32) -> dict[str, Any]:
+    """Metrics of a fine-tuned checkpoint on a store split (default: its task's test split)."""
+    model, meta = load_finetuned(checkpoint)
+    store, task = TokenStore(data), get_task(meta["task"])
+    check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
+    model.config.check_data(store.n_q, store.codebook_size)
+    split = split or task.test
+    keep = ClipFilter(task, frozenset(meta["labels"]))
+    result = evaluate_split(model, split_samples(store, split, keep), task, meta["labels"], model.config.pad_id,
+                            meta["max_frames"], eval_mode or meta["eval_mode"], batch_size, desc=f"eval {split}")
+    return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n": result["n"], "metrics": result["metrics"]}
+
+
+def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
+          eval_mode: str = "whole", max_seconds: float | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Mean-pooled global-encoder embeddings (N, d_global) float32 to `out` (.npy), ids/labels/splits to `out`.json."""
+    model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+    store = TokenStore(data)
+    check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
+    model.config.check_data(store.n_q, store.codebook_size)
+    max_frames = round(max_seconds * store.frame_rate) if max_seconds else None
+    device = next(model.parameters()).device
+    rows = list(clip_outputs(model.embed, store.iter_samples(split), model.config.pad_id, max_frames, eval_mode,
+                             batch_size, device, desc="embed"))
+    out = Path(out).with_suffix(".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.stack([e for _, e in rows]).astype(np.float32))
+    index = {"ids": [m["id"] for m, _ in rows], "labels": [m.get("labels", []) for m, _ in rows],
+             "splits": [m.get("split") for m, _ in rows], "checkpoint": str(checkpoint), "data": str(data)}
+    out.with_suffix(".json").write_text(json.dumps(index) + "\n")
+    return {"path": str(out), "n": len(rows), "dim": model.config.d_global}
+
+
+def load_tokens(path: str | Path, checkpoint_meta: dict, codec_weights: str | None, codec_cache: dict,
+                device: str | torch.device = "cpu") -> np.ndarray:
+    """A `.npy` token file as is (no decoding at all), or an audio file tokenized with the checkpoint's codec."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        codes = np.load(path)
+        if codes.ndim != 2:
+            raise ValueError(f"{path}: token files hold (T, n_q) codes, this array is {codes.shape}")
+        return codes
+    from ..codecs import load_codec
+    from ..data.audio import load_audio
+
+    card = checkpoint_meta.get("codec")
+    if not card:
+        raise ValueError("the checkpoint records no codec: pass .npy token files, or fine-tune with this version")
+    if "codec" not in codec_cache:
+        codec = load_codec(card["name"], card["bandwidth"], weights=codec_weights or card.get("weights"), device=str(device))
+        if codec.fingerprint != card["fingerprint"]:
+            raise ValueError(f"the {card['name']} codec loaded here (fingerprint {codec.fingerprint[:12]}) is not the "
+                             f"one the checkpoint was trained on ({card['fingerprint'][:12]}): pass --codec-weights "
+                             f"with the weights used at tokenize time")
+        codec_cache["codec"] = codec
+    codec = codec_cache["codec"]
+    return codec.encode([load_audio(path, codec.sample_rate)])[0]
+
+
+def predict(paths: list[str | Path], checkpoint: str | Path, top_k: int = 5,
+            codec_weights: str | None = None) -> list[dict[str, Any]]:
+    """Top-k (label, probability) per file; audio is tokenized on the fly, `.npy` token files are read directly."""
+    model, meta = load_finetuned(checkpoint)
+    device, cache, samples = next(model.parameters()).device, {}, []
+    for path in paths:
+        codes = load_tokens(path, meta, codec_weights, cache, device)  # (T, n_q)
+        model.config.check_data(codes.shape[1], model.config.codebook_size)
+        if len(codes) and not 0 <= codes.min() <= codes.max() < model.config.codebook_size:
+            raise ValueError(f"{path}: codes outside 0..{model.config.codebook_size - 1}: not tokens of this codec")
+        samples.append((codes, {"id": str(path)}))
+    logits_fn = lambda codes, mask: model(codes, mask)[0]  # noqa: E731
+    predictions = []
+    for meta_, logits in clip_outputs(logits_fn, samples, model.config.pad_id, meta["max_frames"], meta["eval_mode"],
+                                      8, device):
+        probs = model.probabilities(torch.from_numpy(logits)[None])[0].numpy()
+        top = np.argsort(-probs, kind="stable")[:top_k]
+        predictions.append({"path": meta_["id"], "top": [(meta["labels"][i], float(probs[i])) for i in top]})
+    return predictions
