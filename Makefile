@@ -33,7 +33,7 @@ DEMO_STEPS ?= 300
 DEMO_EPOCHS ?= 12
 DEMO_CODEC ?= $(shell $(PY) -c "from mega_audio.codecs import default_codec; print(default_codec())" 2>/dev/null || echo bestrq)
 
-.PHONY: install test tokenize pretrain finetune demo bench clean
+.PHONY: install test tokenize pretrain finetune demo bench real-audio clean
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,12 @@ bench: install
 	$(PY) bench/model.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/collect.py
+
+# Real-audio benchmark data from Debian packages (not part of CI; about 1.9 GB out + 0.5 GB package cache, ~4 min on
+# 2 cores). Needs: apt-get update && apt-get install -y --no-install-recommends fluidsynth openmpt123
+REAL_AUDIO ?= data/real-audio
+real-audio: install
+	$(PY) bench/real_audio.py --out $(REAL_AUDIO) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo
