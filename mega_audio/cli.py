@@ -114,6 +114,7 @@ class Command:
     help: str
     config: str  # "module:Class" of the config dataclass, imported when the command runs
     run: Callable
+    presets: str | None = None  # "module:NAME" of a dict of preset configs (`--preset`), if the command has them
 
 
 COMMANDS: dict[str, Command] = {
@@ -122,7 +123,8 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command("Print a store's card, per-split counts and codebook usage.",
                        "mega_audio.cli:InspectConfig", run_inspect),
     "pretrain": Command("Masked-token pre-training on token stores (the same run as train/pretrain.py).",
-                        "mega_audio.train.pretrain:PretrainConfig", run_pretrain),
+                        "mega_audio.train.pretrain:PretrainConfig", run_pretrain,
+                        presets="mega_audio.train.pretrain:RECIPES"),
     "finetune": Command("Token store -> classifier on a task (train / select on valid / report on test) -> "
                         "results.json, per_class.md, confusion.png and a checkpoint in --output-dir.",
                         "mega_audio.train.finetune:FinetuneConfig", run_finetune),
@@ -139,9 +141,18 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def config_class(command: str) -> type:
-    module, name = COMMANDS[command].config.split(":")
+def _load(spec: str):
+    module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def config_class(command: str) -> type:
+    return _load(COMMANDS[command].config)
+
+
+def config_presets(command: str) -> dict | None:
+    spec = COMMANDS[command].presets
+    return _load(spec) if spec else None
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -151,7 +162,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     commands = {name: subparsers.add_parser(name, help=cmd.help, description=cmd.help)
                 for name, cmd in COMMANDS.items()}
     if command is not None:
-        add_config_arguments(commands[command], config_class(command))
+        add_config_arguments(commands[command], config_class(command), config_presets(command))
     return parser, commands
 
 
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser, commands = build_parser(command)
     args = vars(parser.parse_args(argv))  # without a known command this prints the usage and exits
     name = args.pop("__command")
-    COMMANDS[name].run(config_from_args(config_class(name), args, commands[name]))
+    COMMANDS[name].run(config_from_args(config_class(name), args, commands[name], config_presets(name)))
 
 
 if __name__ == "__main__":

@@ -163,6 +163,57 @@ def test_mask_tokens_masks_a_quarter_of_valid_tokens_and_never_padding():
     assert (inputs[~masked] == codes[~masked]).all()
 
 
+def runs_of_true(row: torch.Tensor) -> list[int]:
+    """Lengths of the runs of True in a 1-D bool tensor."""
+    runs, n = [], 0
+    for v in row.tolist() + [False]:
+        if v:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
+def test_frame_masking_hides_every_level_of_a_quarter_of_the_valid_frames():
+    codes = random_codes(3, 40, 4)
+    padding_mask = torch.ones(3, 40, dtype=torch.bool)
+    padding_mask[2, 20:] = False
+    _, targets = mask_tokens(codes, padding_mask, 0.25, torch.Generator().manual_seed(0), mask_id=CODEBOOK, unit="frame")
+    masked = targets != IGNORE_INDEX  # (B, T, n_q)
+    assert (masked.all(dim=2) == masked.any(dim=2)).all()  # a frame is masked whole or not at all
+    assert masked.any(dim=2).sum(dim=1).tolist() == [10, 10, 5]
+    assert not masked[2, 20:].any()
+
+
+@pytest.mark.parametrize("ratio,span", [(0.5, 30), (0.25, 10), (0.8, 7)])
+def test_span_masking_hits_the_ratio_with_spans_of_the_configured_length_on_padded_batches(ratio, span):
+    lengths = [750, 600, 333, 20]  # the last clip is shorter than a span of 30: masked whole
+    B, T = len(lengths), max(lengths)
+    padding_mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
+    codes = random_codes(B, T, 2)
+    _, targets = mask_tokens(codes, padding_mask, ratio, torch.Generator().manual_seed(1), mask_id=CODEBOOK,
+                             unit="span", span=span)
+    frames = (targets != IGNORE_INDEX).any(dim=2)  # (B, T)
+    for b, n in enumerate(lengths):
+        assert not frames[b, n:].any()  # never padding
+        if n < span:
+            assert frames[b, :n].all()
+            continue
+        n_spans = max(1, min(round(ratio * n / span), n // span))
+        assert int(frames[b].sum()) == n_spans * span  # spans never overlap, so the ratio is hit exactly
+        assert abs(int(frames[b].sum()) / n - ratio) <= span / n
+        assert all(run % span == 0 for run in runs_of_true(frames[b]))  # runs are whole spans (adjacent ones merge)
+
+
+def test_span_masking_by_start_probability_covers_about_one_minus_one_minus_p_to_the_span():
+    codes, p, span = random_codes(8, 2000, 2), 0.02, 20
+    _, targets = mask_tokens(codes, None, 0.25, torch.Generator().manual_seed(0), mask_id=CODEBOOK, unit="span",
+                             span=span, start_prob=p)
+    covered = (targets != IGNORE_INDEX).any(dim=2).float().mean().item()
+    assert abs(covered - (1 - (1 - p) ** span)) < 0.04  # 0.33 expected
+
+
 def test_mask_tokens_with_the_same_seed_repeats_and_with_another_differs():
     codes = random_codes(2, 40, 4)
 

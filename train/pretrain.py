@@ -6,11 +6,11 @@ import sys
 
 from mega_audio.cli import COMMANDS, run_pretrain
 from mega_audio.config import parse_config
-from mega_audio.train.pretrain import PretrainConfig
+from mega_audio.train.pretrain import RECIPES, PretrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_pretrain(parse_config(PretrainConfig, argv, prog="train/pretrain.py", description=COMMANDS["pretrain"].help))
+    run_pretrain(parse_config(PretrainConfig, argv, RECIPES, prog="train/pretrain.py", description=COMMANDS["pretrain"].help))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""AudioClassifier: the global encoder of a pre-trained Mega-AudioFormer, mean-pooled, and a linear (or probe) head."""
+"""AudioClassifier: the global encoder of a pre-trained Mega-AudioFormer, mean-pooled, and a linear (or probe) head.
+
+A frozen probe may read any layer of the encoder (`probe_layer`): self-supervised features are often best in the
+middle of the stack, not at its end."""
 
 from __future__ import annotations
 
@@ -20,12 +23,16 @@ class AudioClassifier(Pretrained, nn.Module):
     model_type = "audio_classifier"
 
     def __init__(self, config: ModelConfig, n_classes: int, multi_label: bool = False, hidden: int | None = None,
-                 head_dropout: float = 0.1):
+                 head_dropout: float = 0.1, probe_layer: str = "last"):
         super().__init__()
         self.config, self.n_classes, self.multi_label, self.hidden = config, n_classes, multi_label, hidden
+        self.probe_layer = check_probe_layer(probe_layer, config.n_global_layers)
         self.global_encoder = GlobalEncoder(config)
-        if hidden:
-            self.head = nn.Sequential(nn.Linear(config.d_global, hidden), nn.GELU(), nn.Dropout(head_dropout),
+        if hidden:  # the frozen probe. Frozen features share a large common offset and every layer has its own
+            # scale: standardising each feature with the training set's statistics (a BatchNorm without affine
+            # parameters, cumulative averages) is what lets a small head learn from them quickly.
+            self.head = nn.Sequential(nn.BatchNorm1d(config.d_global, affine=False, momentum=None),
+                                      nn.Linear(config.d_global, hidden), nn.GELU(), nn.Dropout(head_dropout),
                                       nn.Linear(hidden, n_classes))
         else:
             self.head = nn.Linear(config.d_global, n_classes)
@@ -33,8 +40,16 @@ class AudioClassifier(Pretrained, nn.Module):
         init_weights(self.head, 1)
 
     def embed(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """codes: (B, T, n_q) -> clip embeddings (B, d_global), the mean of the valid frames' states."""
-        return masked_mean(self.global_encoder(codes, padding_mask), padding_mask)
+        """codes: (B, T, n_q) -> clip embeddings (B, d_global), the mean of the valid frames' states of the probe
+        layer (the last, a layer number 1..n_global_layers, or the mean of all layers)."""
+        if self.probe_layer == "last":
+            return masked_mean(self.global_encoder(codes, padding_mask), padding_mask)
+        return select_layer(self.layer_embeddings(codes, padding_mask), self.probe_layer)
+
+    def layer_embeddings(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """codes: (B, T, n_q) -> every layer's clip embedding (B, n_global_layers, d_global)."""
+        states = self.global_encoder.layer_states(codes, padding_mask)
+        return torch.stack([masked_mean(s, padding_mask) for s in states], dim=1)
 
     def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         """labels: (B,) class ids, or (B, n_classes) 0/1 targets when multi_label -> (logits (B, n_classes), loss or None)."""
@@ -54,11 +69,12 @@ class AudioClassifier(Pretrained, nn.Module):
 
     def checkpoint_header(self) -> dict:
         return {**super().checkpoint_header(), "n_classes": self.n_classes, "multi_label": self.multi_label,
-                "hidden": self.hidden}
+                "hidden": self.hidden, "probe_layer": self.probe_layer}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, n_classes: int | None = None, multi_label: bool = False,
-                        hidden: int | None = None, head_dropout: float = 0.1, device: str = "cpu") -> "AudioClassifier":
+                        hidden: int | None = None, head_dropout: float = 0.1, device: str = "cpu",
+                        probe_layer: str = "last") -> "AudioClassifier":
         """A classifier checkpoint without n_classes: everything restored. With n_classes (or from a pre-training
         checkpoint, which needs it): only the global_encoder.* weights are read, the head is new and the local
         encoder is never built."""
@@ -66,14 +82,29 @@ class AudioClassifier(Pretrained, nn.Module):
         check_model_type(header, (cls.model_type, MegaAudioFormer.model_type), directory)
         config = ModelConfig.from_dict(header["config"])
         if header["model_type"] == cls.model_type and n_classes is None:
-            model = cls(config, header["n_classes"], header["multi_label"], header["hidden"])
+            model = cls(config, header["n_classes"], header["multi_label"], header["hidden"],
+                        probe_layer=header.get("probe_layer", "last"))
             model.load_state_dict(load_weights(directory, device=device))
             return model.to(device)
         if n_classes is None:
             raise ValueError(f"{directory} is a pretraining checkpoint: pass n_classes to build a new head")
-        model = cls(config, n_classes, multi_label, hidden, head_dropout)
+        model = cls(config, n_classes, multi_label, hidden, head_dropout, probe_layer)
         missing, unexpected = model.load_state_dict(load_weights(directory, "global_encoder.", device), strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
             raise ValueError(f"{directory}: no global encoder matching its config (missing {missing[:3]}, unexpected "
                              f"{unexpected[:3]}): pass a Mega-AudioFormer export or a classifier checkpoint")
         return model.to(device)
+
+
+def check_probe_layer(layer: str, depth: int) -> str:
+    """'last', 'mean' (of all layers) or a layer number 1..depth."""
+    if layer in ("last", "mean") or (layer.isdigit() and 1 <= int(layer) <= depth):
+        return layer
+    raise ValueError(f"probe layer {layer!r}: use last, mean, or a layer number from 1 to {depth}")
+
+
+def select_layer(layers: torch.Tensor, layer: str) -> torch.Tensor:
+    """layers: (B, n_layers, D) per-layer clip embeddings -> (B, D) of the probe layer."""
+    if layer == "mean":
+        return layers.mean(dim=1)
+    return layers[:, -1] if layer == "last" else layers[:, int(layer) - 1]

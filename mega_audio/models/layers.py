@@ -129,11 +129,15 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio, dropout, mixer) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, all_layers: bool = False):
+        """-> the final normed states (B, L, D); with all_layers, a list of every block's output (the last normed)."""
         rope = self.rotary(torch.arange(x.shape[1], device=x.device))
+        states = []
         for block in self.blocks:
             x = block(x, rope, valid)
-        return self.norm(x)
+            states.append(x)
+        states[-1] = self.norm(x)
+        return states if all_layers else states[-1]
 
 
 class LevelEmbedding(nn.Module):

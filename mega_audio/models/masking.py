@@ -1,14 +1,80 @@
-"""Masked token modelling: which tokens are masked (`mask_tokens`), the loss on them (`mlm_loss`) and the seeded
-generator that makes a micro-batch's masks reproducible on resume. `IGNORE_INDEX` is defined here, once."""
+"""Masked token modelling: which tokens are masked (`mask_tokens`: single tokens, whole frames or spans of frames),
+the loss on them (`mlm_loss`) and the seeded generator that makes a micro-batch's masks reproducible on resume.
+
+One contract for every unit: `mask_tokens` returns (inputs, targets), where inputs carry MASK at the masked
+tokens and targets carry the original code there and IGNORE_INDEX everywhere else (unmasked or padded), so
+the loss reads only the masked positions.
+
+Why spans: at 75 frames/s a codec token is mostly predictable from its neighbours one frame away, so
+masking single tokens teaches copying. Masking whole frames hides all the codebook levels of a moment
+(the local encoder can no longer read level 0 to guess level 1), and masking spans of ~400 ms hides
+whole events, which forces the global encoder to model context: the recipe of BEST-RQ, HuBERT and BEATs.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 
-IGNORE_INDEX = -100  # targets of tokens that are not masked (or are padding)
+IGNORE_INDEX = -100  # target of a token the loss skips (not masked, or padding); defined here, once
+MASK_UNITS = ("token", "frame", "span")
+
+
+def span_frames(span_ms: float, frame_rate: float) -> int:
+    """Frames in a span of span_ms milliseconds (at least one)."""
+    return max(1, round(span_ms * frame_rate / 1000))
+
+
+def _random_count_mask(valid: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Exactly round(ratio * valid count) (at least one) positions of each row, uniformly at random.
+    valid: (B, L) bool -> (B, L) bool."""
+    B, L = valid.shape
+    device = generator.device if generator is not None else valid.device
+    scores = torch.rand(B, L, generator=generator, device=device).to(valid.device)
+    scores = scores.masked_fill(~valid, 2.0)  # padded positions sort last and are never picked
+    n_mask = (valid.sum(dim=1) * ratio).round().clamp(min=1)  # (B,)
+    first_n = torch.arange(L, device=valid.device) < n_mask[:, None]
+    return torch.zeros_like(valid).scatter(1, scores.argsort(dim=1), first_n) & valid
+
+
+def _span_mask(valid: torch.Tensor, ratio: float, span: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Non-overlapping spans of `span` frames covering round(ratio * n / span) spans' worth of each clip's n valid
+    frames (at least one span; a clip shorter than a span is masked whole). Spans are placed uniformly: n_spans
+    sorted offsets in [0, n - n_spans * span], span i starting at offset_i + i * span. valid: (B, T) -> (B, T)."""
+    B, T = valid.shape
+    lengths = valid.sum(dim=1).tolist()  # valid frames are a prefix of each row
+    masked = torch.zeros_like(valid)
+    device = generator.device if generator is not None else torch.device("cpu")
+    for b, n in enumerate(lengths):
+        if n == 0:
+            continue
+        n_spans = max(1, min(round(ratio * n / span), n // span))
+        if n < span:
+            masked[b, :n] = True
+            continue
+        free = n - n_spans * span
+        offsets = torch.randint(0, free + 1, (n_spans,), generator=generator, device=device).sort().values.cpu()
+        for i, offset in enumerate(offsets.tolist()):
+            start = offset + i * span
+            masked[b, start: start + span] = True
+    return masked
+
+
+def _start_prob_mask(valid: torch.Tensor, start_prob: float, span: int, generator: torch.Generator | None) -> torch.Tensor:
+    """BEST-RQ / wav2vec 2.0 style: every valid frame starts a span with probability start_prob; spans may overlap
+    and are cut at the clip's end (the masked share is then about 1 - (1 - p)^span). At least one frame is masked."""
+    B, T = valid.shape
+    device = generator.device if generator is not None else valid.device
+    starts = (torch.rand(B, T, generator=generator, device=device).to(valid.device) < start_prob) & valid
+    # a frame is masked when a span started at most span - 1 frames before it: a running max over the starts
+    covered = F.pad(starts.float(), (span - 1, 0))[:, None]  # (B, 1, T + span - 1)
+    masked = (F.max_pool1d(covered, span, stride=1)[:, 0] > 0) & valid  # (B, T)
+    empty = ~masked.any(dim=1) & valid.any(dim=1)  # rows where no span started: mask one random frame
+    if bool(empty.any()):
+        masked |= _random_count_mask(valid, 0.0, generator) & empty[:, None]
+    return masked
 
 
 def mask_tokens(
@@ -18,25 +84,35 @@ def mask_tokens(
     generator: torch.Generator | None = None,
     *,
     mask_id: int,
+    unit: str = "token",
+    span: int = 30,
+    start_prob: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace round(ratio * valid tokens) tokens of each clip (at least one) by mask_id.
+    """Mask part of each clip and return (inputs with mask_id there, targets with IGNORE_INDEX elsewhere).
 
-    codes: (B, T, n_q), padding_mask: (B, T) True = valid frame. Returns (inputs, targets) where
-    targets hold the original code at masked tokens and IGNORE_INDEX everywhere else."""
+    codes: (B, T, n_q), padding_mask: (B, T) True = valid frame (valid frames first). unit:
+      token: round(ratio * valid tokens) single tokens (at least one);
+      frame: round(ratio * valid frames) whole frames, all n_q levels;
+      span:  non-overlapping spans of `span` frames, ratio of the frames in all (or, with start_prob, every
+             frame starts a span with that probability, BEST-RQ style). Padding is never masked."""
+    if unit not in MASK_UNITS:
+        raise ValueError(f"mask unit {unit!r}: use one of {MASK_UNITS}")
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"mask ratio {ratio} must be in (0, 1] (default 0.25)")
     codes = codes.long()
     B, T, n_q = codes.shape
-    if padding_mask is None:
-        padding_mask = torch.ones(B, T, dtype=torch.bool, device=codes.device)
-    valid = repeat(padding_mask, "b t -> b (t q)", q=n_q)  # (B, T * n_q)
-    device = generator.device if generator is not None else codes.device
-    scores = torch.rand(B, T * n_q, generator=generator, device=device).to(codes.device)
-    scores = scores.masked_fill(~valid, 2.0)  # padded tokens sort last and are never picked
-    n_mask = (valid.sum(dim=1) * ratio).round().clamp(min=1)  # (B,)
-    first_n = torch.arange(T * n_q, device=codes.device) < n_mask[:, None]  # (B, T * n_q)
-    masked = torch.zeros_like(valid).scatter(1, scores.argsort(dim=1), first_n) & valid
-    masked = rearrange(masked, "b (t q) -> b t q", q=n_q)
+    valid = torch.ones(B, T, dtype=torch.bool, device=codes.device) if padding_mask is None else padding_mask
+    if unit == "token":
+        flat = _random_count_mask(repeat(valid, "b t -> b (t q)", q=n_q), ratio, generator)  # (B, T * n_q)
+        masked = flat.view(B, T, n_q)
+    else:
+        if unit == "frame":
+            frames = _random_count_mask(valid, ratio, generator)
+        elif start_prob:
+            frames = _start_prob_mask(valid, start_prob, span, generator)
+        else:
+            frames = _span_mask(valid, ratio, span, generator)
+        masked = repeat(frames, "b t -> b t q", q=n_q)
     return codes.masked_fill(masked, mask_id), codes.masked_fill(~masked, IGNORE_INDEX)
 
 

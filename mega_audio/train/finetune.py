@@ -23,6 +23,7 @@ from ..models.checkpoint import load_weights, read_checkpoint_config
 from ..models.classifier import AudioClassifier
 from ..models.config import PRESETS, ModelConfig, model_config
 from .inference import EVAL_MODES, evaluate_split
+from .probe import frozen_probe
 from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
 from .report import write_reports
 
@@ -38,9 +39,12 @@ class FinetuneConfig:
     model: str = option("tiny", "model preset with --scratch (--init takes the checkpoint's)", choices=sorted(PRESETS))
     augment: str = option("none", "training augmentation", choices=list(AUGMENTS))
     chunk_drop: float = option(0.25, "chunk-drop: the one dropped span is 1 frame to this fraction of the clip")
-    freeze: bool = option(False, "frozen probe: encoder frozen, head = one hidden layer with dropout")
+    freeze: bool = option(False, "frozen probe: encoder frozen (run once per clip, features cached), head = one "
+                                 "hidden layer with dropout trained for --epochs on the features")
     hidden: int = option(512, "hidden width of the frozen probe's head")
     head_dropout: float = option(0.1, "dropout in the frozen probe's head")
+    probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
+                                      "mean (of all layers) or a layer number")
     lr: float = option(3e-4, "peak learning rate (AdamW, linear warm-up then cosine decay)")
     weight_decay: float = option(0.01, "AdamW weight decay on matrices and embeddings")
     warmup: float = option(0.1, "fraction of the steps spent warming up")
@@ -148,12 +152,47 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         unwrapped, split_samples(store, read_split[name], keep[name]), task, vocab, pad_id, max_frames, cfg.eval_mode,
         cfg.eval_batch_size, accelerator, desc=f"eval {name}")
 
+    if cfg.freeze:
+        probe = frozen_probe(unwrapped, store, task, vocab, read_split, keep, max_frames, cfg.eval_mode, cfg.probe_layer,
+                             cfg.max_steps and math.ceil(cfg.max_steps / steps_per_epoch) or cfg.epochs, cfg.batch_size,
+                             cfg.lr, cfg.weight_decay, cfg.seed, cfg.eval_batch_size, accelerator)
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(output_dir, metadata={**metadata, "best_epoch": probe["epoch"]})
+        history, test, total = probe["history"], probe["test"], steps_per_epoch * cfg.epochs
+        best = {"epoch": probe["epoch"], "step": probe["epoch"] * steps_per_epoch, "valid": probe["valid"],
+                "probe_layer": probe["layer"], "valid_by_layer": probe["valid_by_layer"]}
+    else:
+        history, best, test = train_and_select(cfg, model, optimizer, accelerator, batches, generator, task, vocab,
+                                               pad_id, total, steps_per_epoch, evaluate_on, output_dir, metadata)
+    results = {
+        "task": task.name, "dataset": store.card.get("dataset"), "data": str(store.path),
+        "codec": store.card["codec"]["name"], "bitrate": store.card["codec"]["bandwidth"],
+        "codec_fingerprint": store.card["codec"]["fingerprint"], "init": cfg.init, "augment": cfg.augment,
+        "freeze": cfg.freeze, "main_metric": task.main_metric, "splits": read_split | {"holdout": view.holdout},
+        "metrics": {"valid": best["valid"]["metrics"], "test": test["metrics"]},
+        "n": {"train": n["train"], "valid": best["valid"]["n"], "test": test["n"]},
+        "best_epoch": best["epoch"], "best_step": best["step"], "epochs": cfg.epochs, "steps": total,
+        **{k: best[k] for k in ("probe_layer", "valid_by_layer") if k in best},
+        "steps_per_epoch": steps_per_epoch, "history": history, "checkpoint": str(output_dir),
+        "seconds": round(time.time() - start_time, 1), "config": to_dict(cfg),
+    }
+    if accelerator.is_main_process:
+        results.update(write_reports(output_dir, test, task, vocab))
+        save_yaml(cfg, output_dir / "finetune.yaml")
+        (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+    return results
+
+
+def train_and_select(cfg: FinetuneConfig, model, optimizer, accelerator, batches, generator, task, vocab: list[str],
+                     pad_id: int, total: int, steps_per_epoch: int, evaluate_on, output_dir: Path,
+                     metadata: dict) -> tuple[list[dict], dict, dict]:
+    """Fine-tune for `total` steps, score valid after every epoch, save the best; returns (history, best, test)."""
+    unwrapped = accelerator.unwrap_model(model)
     history, best, losses = [], None, []
     bar = progress_bar(accelerator, total, f"finetune {task.name}")
     for step in range(total):
         model.train()
-        if cfg.freeze:
-            unwrapped.global_encoder.eval()  # frozen features: no dropout in the encoder either
         batch = next(batches)
         codes, mask = batch["codes"], batch["padding_mask"]  # (B, T, n_q), (B, T)
         if cfg.augment == "chunk-drop":
@@ -187,23 +226,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     model.eval()
     with accelerator.autocast():
         test = evaluate_on("test")
-    results = {
-        "task": task.name, "dataset": store.card.get("dataset"), "data": str(store.path),
-        "codec": store.card["codec"]["name"], "bitrate": store.card["codec"]["bandwidth"],
-        "codec_fingerprint": store.card["codec"]["fingerprint"], "init": cfg.init, "augment": cfg.augment,
-        "freeze": cfg.freeze, "main_metric": task.main_metric, "splits": read_split | {"holdout": view.holdout},
-        "metrics": {"valid": best["valid"]["metrics"], "test": test["metrics"]},
-        "n": {"train": n["train"], "valid": best["valid"]["n"], "test": test["n"]},
-        "best_epoch": best["epoch"], "best_step": best["step"], "epochs": cfg.epochs, "steps": total,
-        "steps_per_epoch": steps_per_epoch, "history": history, "checkpoint": str(output_dir),
-        "seconds": round(time.time() - start_time, 1), "config": to_dict(cfg),
-    }
-    if accelerator.is_main_process:
-        results.update(write_reports(output_dir, test, task, vocab))
-        save_yaml(cfg, output_dir / "finetune.yaml")
-        (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    accelerator.wait_for_everyone()
-    return results
+    return history, best, test
 
 
 def finetune_summary(r: dict[str, Any]) -> str:

@@ -105,10 +105,15 @@ def evaluate_split(model: AudioClassifier, samples: Iterable[Sample], task: Task
         from accelerate.utils import gather_object
         mine = gather_object(mine)
     logits = np.stack([out for _, out in mine]) if mine else np.zeros((0, len(vocab)), dtype=np.float32)  # (N, C)
+    return split_result(model, task, [meta for meta, _ in mine], logits, vocab)
+
+
+def split_result(model: AudioClassifier, task: Task, metas: list[dict], logits: np.ndarray, vocab: list[str]) -> dict:
+    """Metrics, loss, ids, targets and probabilities of a split from its clips' logits (N, C)."""
     scores = model.probabilities(torch.from_numpy(logits)).numpy()  # (N, C): sigmoid (multi-label) or softmax
-    targets = task.encode([meta for meta, _ in mine], vocab)
+    targets = task.encode(metas, vocab)
     return {"metrics": score(targets, scores, task.multi_label), "loss": log_loss(targets, scores, task.multi_label),
-            "n": len(mine), "ids": [m["id"] for m, _ in mine], "targets": targets, "scores": scores}
+            "n": len(metas), "ids": [m["id"] for m in metas], "targets": targets, "scores": scores}
 
 
 def load_finetuned(checkpoint: str | Path) -> tuple[AudioClassifier, dict]:

@@ -23,7 +23,7 @@ from ..data.stream import TokenStream, make_loader
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
-from ..models.masking import IGNORE_INDEX, mask_tokens, masking_generator, mlm_loss
+from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, mlm_loss, span_frames
 from ..models.mega import MegaAudioFormer
 from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
 from .resume import find_resume, save_training_state, weights_digest
@@ -47,7 +47,12 @@ class PretrainConfig:
     warmup_steps: int = option(1000, "linear warm-up steps")
     max_steps: int = option(20000, "optimizer steps; every process runs exactly this many")
     decay_steps: int | None = option(None, "cosine length in steps (default: max_steps)")
-    mask_ratio: float = option(0.25, "fraction of the valid tokens of each clip that is masked")
+    mask_ratio: float = option(0.25, "fraction of each clip that is masked (of its tokens, frames or span frames)")
+    mask_unit: str = option("token", "what is masked: single tokens, whole frames, or spans of frames",
+                            choices=list(MASK_UNITS))
+    mask_span_ms: float = option(400.0, "span length for --mask-unit span")
+    mask_start_prob: float | None = option(None, "span: every frame starts a span with this probability instead of "
+                                                 "covering --mask-ratio (BEST-RQ style; spans may overlap)")
     seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
     num_workers: int = option(2, "DataLoader workers per process")
     shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer")
@@ -63,6 +68,18 @@ class PretrainConfig:
     log_every: int = option(10, "steps between log lines and TensorBoard points")
     cpu: bool = option(False, "train on CPU even when a GPU is present (Accelerator(cpu=True))")
     debug_log: bool = option(False, "write the clip ids and loss of every micro-batch to output_dir/debug/")
+
+
+# Recipes as presets (`--preset NAME`; flags given too win). "paper" is the Mega-AudioFormer paper's recipe:
+# the `base` model and 25% of single tokens masked.
+RECIPES = {
+    "paper": PretrainConfig(model="base", mask_unit="token", mask_ratio=0.25),
+}
+
+
+def masking_options(cfg: PretrainConfig, frame_rate: float) -> dict:
+    """The mask_tokens keywords of this run: its unit, span length in frames and start probability."""
+    return {"unit": cfg.mask_unit, "span": span_frames(cfg.mask_span_ms, frame_rate), "start_prob": cfg.mask_start_prob}
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -100,7 +117,8 @@ def eval_batches_per_rank(stream: TokenStream, num_workers: int, wanted: int) ->
 
 
 @torch.no_grad()
-def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainConfig, mask_id: int) -> dict[str, float]:
+def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainConfig, mask_id: int,
+                    frame_rate: float) -> dict[str, float]:
     """Masked loss and accuracy on this rank's disjoint slice of the held-out split; one reduce at the end."""
     was_training = model.training
     model.eval()
@@ -109,7 +127,8 @@ def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainCon
         codes = batch["codes"].to(accelerator.device, non_blocking=True).long()
         padding_mask = batch["padding_mask"].to(accelerator.device, non_blocking=True)
         generator = masking_generator(cfg.seed + 1, accelerator.process_index, i, 0, accelerator.device)
-        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id)
+        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
+                                      **masking_options(cfg, frame_rate))
         with accelerator.autocast():
             logits, _ = model(inputs, padding_mask, targets)  # (n_masked, V): the heads skip unmasked tokens
         loss, accuracy = mlm_loss(logits, targets)
@@ -176,7 +195,8 @@ def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], accelerator, pad
     return batches, make_loader(held_out, cfg.num_workers, pin_memory=pin), n_eval
 
 
-def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainConfig, mask_id: int, debug=None,
+def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainConfig, mask_id: int, frame_rate: float,
+               debug=None,
                run_start: int = 0) -> tuple[torch.Tensor, int]:
     """cfg.grad_accum micro-batches and one optimizer step. Returns (loss sum, micro-batches, valid frames) on the
     device, for logging without a sync, and the valid frames as a host int."""
@@ -188,7 +208,8 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
         codes = batch["codes"].to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
         padding_mask = None if valid.all() else valid.to(accelerator.device, non_blocking=True)  # None: flash SDPA
         generator = masking_generator(cfg.seed, accelerator.process_index, step, micro, accelerator.device)
-        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id)
+        inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
+                                      **masking_options(cfg, frame_rate))
         with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
             _, loss = model(inputs, padding_mask, targets)
             optimizer_step(accelerator, model, optimizer, loss, cfg.grad_clip)
@@ -252,7 +273,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             writer.add_scalar(f"{prefix}/{k}", v, step)
 
     def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate_masked(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id)
+        metrics = evaluate_masked(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id,
+                                  codec["frame_rate"])
         log(step, "eval", metrics)
         accelerator.print(f"step {step}: eval loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}")
         return metrics
@@ -262,7 +284,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     last_loss, eval_metrics, window_start = resume_state and resume_state.get("loss"), {}, time.time()
     bar = progress_bar(accelerator, cfg.max_steps, "pretrain", initial=start_step)
     for step in range(start_step, cfg.max_steps):
-        totals, frames = train_step(step, batches, model, optimizer, accelerator, cfg, model_cfg.mask_id, debug, start_step)
+        totals, frames = train_step(step, batches, model, optimizer, accelerator, cfg, model_cfg.mask_id,
+                                    codec["frame_rate"], debug, start_step)
         window += totals
         frames_seen += frames
         done = step + 1
@@ -315,7 +338,8 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
         exported.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state.items()})
         exported.save_pretrained(export_dir, metadata={"codec": codec, "pretrain": {
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
-            "mask_ratio": cfg.mask_ratio, "eval": eval_metrics}})
+            "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
+            "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
 
