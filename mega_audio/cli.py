@@ -86,14 +86,17 @@ def run_predict(cfg) -> None:
     from .train.inference import predict
 
     for p in predict(cfg.files, cfg.checkpoint, cfg.top_k, cfg.codec_weights):
-        print(f"{p['path']}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in p["top"]))
+        if cfg.json:
+            print(json.dumps(p), flush=True)
+        else:
+            print(f"{p['path']}: " + ", ".join(f"{label} {prob:.3f}" for label, prob in p["top"]))
 
 
 def run_embed(cfg) -> None:
     from .train.inference import embed
 
     print(json.dumps(embed(cfg.checkpoint, cfg.data, cfg.out, cfg.split, cfg.eval_mode, cfg.max_seconds,
-                           cfg.batch_size)))
+                           cfg.batch_size, cfg.safetensors)))
 
 
 def run_report(cfg) -> None:

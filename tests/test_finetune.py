@@ -321,6 +321,82 @@ def test_embed_writes_one_mean_pooled_vector_per_clip_with_ids(scratch_run, sepa
     np.testing.assert_allclose(vectors[0], first, atol=1e-5)
 
 
+def test_embed_safetensors_holds_the_same_vectors_and_the_ids(scratch_run, separable_store, tmp_path, capsys):
+    from safetensors import safe_open
+
+    out, _ = scratch_run
+    main(["embed", "--checkpoint", str(out), "--data", str(separable_store), "--out", str(tmp_path / "emb"),
+          "--split", "test", "--safetensors"])
+    written = json.loads(capsys.readouterr().out)
+    with safe_open(written["safetensors"], framework="numpy") as f:
+        vectors, metadata = f.get_tensor("embeddings"), f.metadata()
+    np.testing.assert_array_equal(vectors, np.load(tmp_path / "emb.npy"))
+    assert json.loads(metadata["ids"]) == json.loads((tmp_path / "emb.json").read_text())["ids"]
+    assert len(json.loads(metadata["ids"])) == vectors.shape[0] == written["n"] == 12
+
+
+def test_predict_json_prints_one_parsable_line_per_file(scratch_run, separable_store, tmp_path, capsys):
+    out, _ = scratch_run
+    samples = list(TokenStore(separable_store).iter_samples("test"))[:2]
+    files = []
+    for i, (codes, _) in enumerate(samples):
+        np.save(tmp_path / f"clip{i}.npy", codes)
+        files.append(str(tmp_path / f"clip{i}.npy"))
+    main(["predict", *files, "--checkpoint", str(out), "--top-k", "2", "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["path"] for line in lines] == files
+    assert [len(line["top"]) for line in lines] == [2, 2]
+    assert [line["top"][0][0] for line in lines] == [predict([f], out, top_k=1)[0]["top"][0][0] for f in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hugging Face Hub: save_pretrained / from_pretrained / push_to_hub and the model card
+
+
+def test_a_pretrained_export_round_trips_with_its_codec_card_and_model_card(small_store, tmp_path):
+    first = pretrained(tmp_path / "export", small_store, seed=3, pretrain={"step": 7, "data": ["stores/x"],
+                                                                           "mask_ratio": 0.25, "eval": {"loss": 1.5}})
+    model = MegaAudioFormer.from_pretrained(first).eval()
+    again = MegaAudioFormer.from_pretrained(model.save_pretrained(tmp_path / "again")).eval()
+    codes = torch.from_numpy(next(TokenStore(small_store).iter_samples("train"))[0].astype(np.int64))[None]
+    with torch.no_grad():
+        assert torch.equal(model(codes)[0], again(codes)[0])
+    assert again.metadata["codec"] == TokenStore(small_store).card["codec"]
+    card = (tmp_path / "again" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: mega-audio")
+    assert TokenStore(small_store).card["codec"]["fingerprint"] in card and "`stores/x`" in card and "1.5000" in card
+
+
+def test_a_finetuned_model_pushed_to_a_local_hub_loads_back_with_the_same_outputs(scratch_run, separable_store,
+                                                                                   tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from hub_server import FakeHub
+
+    out, results = scratch_run
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # what HF_ENDPOINT sets when huggingface_hub is imported
+    model = AudioClassifier.from_pretrained(out).eval()
+    url = model.push_to_hub("lab/tiny-classifier")
+    assert url.startswith(hub.url) and hub.commits == ["lab/tiny-classifier"]
+    pushed = tmp_path / "hub" / "lab" / "tiny-classifier"
+    assert sorted(p.name for p in pushed.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    reloaded = AudioClassifier.from_pretrained(pushed).eval()
+    codes = torch.from_numpy(next(TokenStore(separable_store).iter_samples("test"))[0].astype(np.int64))[None]
+    with torch.no_grad():
+        assert torch.equal(model(codes)[0], reloaded(codes)[0])
+    assert reloaded.metadata["labels"] == ["fast", "slow", "steady"]
+    assert reloaded.metadata["results"]["test"] == results["metrics"]["test"]
+    card = (pushed / "README.md").read_text()
+    assert "pipeline_tag: audio-classification" in card and "| test |" in card and "`steady`" in card
+    # the run's own directory holds the same card: the export is hub-ready as it is
+    assert (out / "README.md").read_text() == card
+
+
+def test_a_missing_checkpoint_that_looks_like_a_repo_id_fails_in_one_line():
+    with pytest.raises(FileNotFoundError, match="no local directory and could not be read from the Hugging Face Hub"):
+        MegaAudioFormer.from_pretrained("nobody/no-such-model", local_files_only=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # the task registry
 

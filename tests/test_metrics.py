@@ -84,6 +84,26 @@ def test_per_class_report_lists_precision_recall_f1_of_each_class_present():
     assert (b["support"], b["precision"], b["recall"], b["f1"]) == (2, 1.0, 0.5, pytest.approx(2 / 3, abs=1e-6))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_agree_with_scikit_learn_on_random_cases_with_ties(seed):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")  # the dev extra
+    rng = np.random.default_rng(seed)
+    n, c = int(rng.integers(20, 60)), int(rng.integers(3, 7))
+    y_true, y_pred = rng.integers(0, c, n), rng.integers(0, c - 1, n)  # the last class is never predicted
+    assert accuracy(y_true, y_pred) == pytest.approx(sklearn_metrics.accuracy_score(y_true, y_pred))
+    assert macro_f1(y_true, y_pred, c) == pytest.approx(sklearn_metrics.f1_score(y_true, y_pred, average="macro",
+                                                                                  zero_division=0))
+    targets = (rng.random((n, c)) < 0.3).astype(np.float32)
+    targets[:, 0] = 0  # a class without positives: left out of both means
+    scores = np.round(rng.random((n, c)), 1)  # ten distinct values: many tied scores
+    kept = targets.sum(axis=0) > 0
+    both = kept & (targets.sum(axis=0) < n)
+    assert mean_average_precision(targets, scores) == pytest.approx(
+        sklearn_metrics.average_precision_score(targets[:, kept], scores[:, kept], average="macro"))
+    assert macro_roc_auc(targets, scores) == pytest.approx(
+        sklearn_metrics.roc_auc_score(targets[:, both], scores[:, both], average="macro"))
+
+
 def test_confusion_png_decodes_at_the_documented_size(tmp_path):
     import matplotlib.image
 

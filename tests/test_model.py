@@ -319,7 +319,9 @@ def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden)
         reloaded = type(model).from_pretrained(tmp_path / str(i)).eval()
         with torch.no_grad():
             assert torch.equal(reloaded(codes)[0], model(codes)[0])
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["0", "1", "2"] + ["config.json", "model.safetensors"] * 3)
+        assert reloaded.metadata == {"labels": ["a", "b", "c", "d"]}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["0", "1", "2"] + ["config.json", "model.safetensors",
+                                                                                   "README.md"] * 3)
     classifier = AudioClassifier.from_pretrained(tmp_path / "2")
     assert (classifier.multi_label, classifier.hidden, classifier.n_classes) == (multi_label, hidden, 4)
 

@@ -167,7 +167,36 @@ def test_checkpoints_are_complete_and_only_the_newest_are_kept(reference_run):
     state = json.loads((reference_run / "checkpoints" / "step_0000024" / "trainer_state.json").read_text())
     assert state["step"] == 24 and state["batches_per_rank"] == 24 and state["codec"]["n_q"] == 2
     assert (reference_run / "model" / "model.safetensors").is_file()
-    assert any((reference_run / "tensorboard").iterdir())
+
+
+def test_by_default_the_run_writes_tensorboard_events_with_its_losses(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (reference_run / "tensorboard").glob("*/events.out.tfevents.*")
+    scalars = EventAccumulator(str(events.parent)).Reload()
+    assert [e.step for e in scalars.Scalars("train/loss")] == [5, 10, 15, 20, 24]
+    assert [e.step for e in scalars.Scalars("eval/accuracy")] == [12, 24]
+
+
+def quick_run(store, out, *flags):
+    return run_script("--cpu", "--data", str(store), "--output-dir", str(out), "--batch-size", "4", "--max-seconds", "1",
+                      "--max-steps", "2", "--log-every", "1", "--eval-every", "-1", "--num-workers", "0", *flags)
+
+
+def test_report_to_none_writes_no_events(small_store, tmp_path):
+    result = quick_run(small_store, tmp_path / "run", "--report-to", "none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_report_to_wandb_offline_is_accepted(small_store, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setitem(ENV, "WANDB_MODE", "offline")
+    monkeypatch.setitem(ENV, "WANDB_DIR", str(tmp_path))
+    result = quick_run(small_store, tmp_path / "run", "--report-to", "wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():

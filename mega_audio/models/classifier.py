@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import Pretrained, check_model_type, load_weights, read_checkpoint_config
+from .checkpoint import Pretrained, check_model_type, load_weights, local_checkpoint, read_checkpoint_config
 from .config import ModelConfig
 from .layers import init_weights, masked_mean
 from .mega import GlobalEncoder, MegaAudioFormer
@@ -72,27 +72,30 @@ class AudioClassifier(Pretrained, nn.Module):
                 "hidden": self.hidden, "probe_layer": self.probe_layer}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, n_classes: int | None = None, multi_label: bool = False,
+    def from_pretrained(cls, path_or_repo_id: str | Path, n_classes: int | None = None, multi_label: bool = False,
                         hidden: int | None = None, head_dropout: float = 0.1, device: str = "cpu",
-                        probe_layer: str = "last") -> "AudioClassifier":
-        """A classifier checkpoint without n_classes: everything restored. With n_classes (or from a pre-training
-        checkpoint, which needs it): only the global_encoder.* weights are read, the head is new and the local
-        encoder is never built."""
+                        probe_layer: str = "last", **hub_kwargs) -> "AudioClassifier":
+        """From a local directory or a Hub repo id. A classifier checkpoint without n_classes: everything restored
+        (metadata too). With n_classes (or from a pre-training checkpoint, which needs it): only the global_encoder.*
+        weights are read, the head is new and the local encoder is never built."""
+        directory = local_checkpoint(path_or_repo_id, **hub_kwargs)
         header = read_checkpoint_config(directory)
-        check_model_type(header, (cls.model_type, MegaAudioFormer.model_type), directory)
+        check_model_type(header, (cls.model_type, MegaAudioFormer.model_type), path_or_repo_id)
         config = ModelConfig.from_dict(header["config"])
         if header["model_type"] == cls.model_type and n_classes is None:
             model = cls(config, header["n_classes"], header["multi_label"], header["hidden"],
                         probe_layer=header.get("probe_layer", "last"))
             model.load_state_dict(load_weights(directory, device=device))
+            model.metadata = header.get("metadata", {})
             return model.to(device)
         if n_classes is None:
-            raise ValueError(f"{directory} is a pretraining checkpoint: pass n_classes to build a new head")
+            raise ValueError(f"{path_or_repo_id} is a pretraining checkpoint: pass n_classes to build a new head")
         model = cls(config, n_classes, multi_label, hidden, head_dropout, probe_layer)
         missing, unexpected = model.load_state_dict(load_weights(directory, "global_encoder.", device), strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
-            raise ValueError(f"{directory}: no global encoder matching its config (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]}): pass a Mega-AudioFormer export or a classifier checkpoint")
+            raise ValueError(f"{path_or_repo_id}: no global encoder matching its config (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}): pass a Mega-AudioFormer export or a classifier checkpoint")
+        model.metadata = {k: v for k, v in header.get("metadata", {}).items() if k == "codec"}  # what still holds
         return model.to(device)
 
 

@@ -177,6 +177,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "seconds": round(time.time() - start_time, 1), "config": to_dict(cfg),
     }
     if accelerator.is_main_process:
+        # the selected weights again, now with their results in config.json and the model card
+        unwrapped.save_pretrained(output_dir, metadata={**metadata, "best_epoch": best["epoch"],
+                                                        "results": results["metrics"]})
         results.update(write_reports(output_dir, test, task, vocab))
         save_yaml(cfg, output_dir / "finetune.yaml")
         (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -18,6 +18,7 @@ from ..data.recipes import get_task
 from ..data.store import Sample, TokenStore
 from ..data.stream import chunked, collate
 from ..data.tasks import ClipFilter, Task, split_samples
+from ..fileio import atomic_write, atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.classifier import AudioClassifier
 from ..models.mega import MegaAudioFormer
@@ -42,6 +43,7 @@ class PredictConfig:
     checkpoint: str = option("", "a `mega-audio finetune` output dir", required=True)
     top_k: int = option(5, "labels to print per file")
     codec_weights: str | None = option(None, "Encodec weights, if not where the checkpoint's card says")
+    json: bool = option(False, 'print one JSON line per file: {"path": ..., "top": [[label, probability], ...]}')
 
 
 @dataclass
@@ -49,6 +51,8 @@ class EmbedConfig:
     checkpoint: str = option("", "a fine-tuned or pre-trained checkpoint dir", required=True)
     data: str = option("", "token store", required=True)
     out: str = option("", "X.npy: (N, d) float32 embeddings; ids, labels and splits go to X.json", required=True)
+    safetensors: bool = option(False, "also write X.safetensors: tensor `embeddings` (N, d), ids/labels/splits as JSON "
+                                      "strings in its metadata")
     split: str | None = option(None, "one split (default: all)")
     eval_mode: str = option("whole", "whole, or chunks of --max-seconds averaged", choices=list(EVAL_MODES))
     max_seconds: float | None = option(None, "window for --eval-mode chunks")
@@ -137,9 +141,16 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n": result["n"], "metrics": result["metrics"]}
 
 
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: given a name, np.save appends .npy to the temporary file's
+        np.save(f, array)
+
+
 def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
-          eval_mode: str = "whole", max_seconds: float | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Mean-pooled global-encoder embeddings (N, d_global) float32 to `out` (.npy), ids/labels/splits to `out`.json."""
+          eval_mode: str = "whole", max_seconds: float | None = None, batch_size: int = 32,
+          safetensors: bool = False) -> dict[str, Any]:
+    """Mean-pooled global-encoder embeddings (N, d_global) float32 to `out` (.npy), ids/labels/splits to `out`.json,
+    and with `safetensors` both in one `out`.safetensors (for tools that do not read .npy)."""
     model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     store = TokenStore(data)
     check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
@@ -148,13 +159,21 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str 
     device = next(model.parameters()).device
     rows = list(clip_outputs(model.embed, store.iter_samples(split), model.config.pad_id, max_frames, eval_mode,
                              batch_size, device, desc="embed"))
-    out = Path(out).with_suffix(".npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, np.stack([e for _, e in rows]).astype(np.float32))
+    vectors = np.stack([e for _, e in rows]).astype(np.float32) if rows else np.zeros((0, model.config.d_global), np.float32)
     index = {"ids": [m["id"] for m, _ in rows], "labels": [m.get("labels", []) for m, _ in rows],
              "splits": [m.get("split") for m, _ in rows], "checkpoint": str(checkpoint), "data": str(data)}
-    out.with_suffix(".json").write_text(json.dumps(index) + "\n")
-    return {"path": str(out), "n": len(rows), "dim": model.config.d_global}
+    out = Path(out).with_suffix(".npy")
+    atomic_write(out, lambda tmp: save_npy(tmp, vectors))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(index) + "\n")
+    written = {"path": str(out), "n": len(rows), "dim": model.config.d_global}
+    if safetensors:
+        from safetensors.numpy import save_file
+
+        path = out.with_suffix(".safetensors")
+        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in index.items()}
+        atomic_write(path, lambda tmp: save_file({"embeddings": vectors}, tmp, metadata=text))
+        written["safetensors"] = str(path)
+    return written
 
 
 def load_tokens(path: str | Path, checkpoint_meta: dict, codec_weights: str | None, codec_cache: dict,

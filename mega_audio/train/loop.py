@@ -1,5 +1,6 @@
-"""What the pre-training and fine-tuning loops share: the Accelerator set-up, the LR schedule, one optimizer step
-(set the LR, backward, clip, step), the progress bar, and the check that data and checkpoint share a codec."""
+"""What the pre-training and fine-tuning loops share: the Accelerator set-up (with its experiment trackers), the LR
+schedule, one optimizer step (set the LR, backward, clip, step), the progress bar, and the check that data and
+checkpoint share a codec."""
 
 from __future__ import annotations
 
@@ -12,6 +13,32 @@ import torch
 from tqdm import tqdm
 
 from ..data.store import CODEC_KEYS
+
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "all", "none")
+
+
+def tracker_kwargs(report_to: str, output_dir: str | Path) -> dict[str, Any]:
+    """Accelerator arguments for `--report-to`: accelerate's trackers, TensorBoard events under output_dir/tensorboard.
+    A tracker whose package is missing is refused here (accelerate would only warn and log nowhere)."""
+    from accelerate.utils import ProjectConfiguration, is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    if report_to not in REPORT_TO:
+        raise ValueError(f"--report-to {report_to!r}: choose one of {', '.join(REPORT_TO)}")
+    if report_to == "none":
+        return {}
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available(), "mlflow": is_mlflow_available()}
+    if report_to != "all" and not available[report_to]:
+        raise ValueError(f"--report-to {report_to}: the {report_to} package is not installed (pip install {report_to})")
+    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "tensorboard"))
+    return {"log_with": report_to, "project_config": project}
+
+
+def start_trackers(accelerator, project: str, config: dict[str, Any], run_name: str, start_step: int = 0) -> None:
+    """init_trackers with the run's flags as hyper-parameters (lists and None as text: what every tracker takes);
+    a resumed run drops the TensorBoard points it is about to write again."""
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
+    accelerator.init_trackers(project, config=hparams, init_kwargs={
+        "tensorboard": {"purge_step": start_step or None}, "wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})
 
 
 def make_accelerator(cpu: bool, mixed_precision: str | None, **kwargs: Any):

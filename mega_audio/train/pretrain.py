@@ -25,7 +25,17 @@ from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
 from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, mlm_loss, span_frames
 from ..models.mega import MegaAudioFormer
-from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
+from .loop import (
+    REPORT_TO,
+    check_codec,
+    cosine_lr,
+    make_accelerator,
+    optimizer_step,
+    progress_bar,
+    set_lr,
+    start_trackers,
+    tracker_kwargs,
+)
 from .resume import find_resume, save_training_state, weights_digest
 
 
@@ -33,6 +43,8 @@ from .resume import find_resume, save_training_state, weights_digest
 class PretrainConfig:
     data: list[str] = option([], "token store directories (one codec); several stores are read as one")
     output_dir: str = option("runs/pretrain", "checkpoints/, model/, tensorboard/ and debug/ go here")
+    report_to: str = option("tensorboard", "experiment tracker (accelerate's): TensorBoard events in output_dir/tensorboard, "
+                            "W&B, MLflow, every installed one, or none", choices=list(REPORT_TO))
     model: str = option("tiny", "model preset", choices=sorted(PRESETS))
     global_mixer: str = option("attention", "global encoder mixer", choices=list(GLOBAL_MIXERS))
     init_from: str | None = option(None, "start from the weights of an exported model dir (same codec as --data)")
@@ -65,7 +77,7 @@ class PretrainConfig:
     compile: bool = option(False, "torch.compile the model (GPU)")
     mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: bf16 on a GPU, no on CPU)",
                                          choices=["no", "bf16", "fp16"])
-    log_every: int = option(10, "steps between log lines and TensorBoard points")
+    log_every: int = option(10, "steps between log lines and tracker points")
     cpu: bool = option(False, "train on CPU even when a GPU is present (Accelerator(cpu=True))")
     debug_log: bool = option(False, "write the clip ids and loss of every micro-batch to output_dir/debug/")
 
@@ -234,7 +246,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         check_init_from(cfg, codec)
 
     accelerator = make_accelerator(cfg.cpu, cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                   dynamo_backend="inductor" if cfg.compile else None)
+                                   dynamo_backend="inductor" if cfg.compile else None,
+                                   **tracker_kwargs(cfg.report_to, output_dir))
     rank, world = accelerator.process_index, accelerator.num_processes
     accelerator.print(f"{world} process(es), {accelerator.distributed_type}, {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
@@ -257,20 +270,18 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     # evaluation runs the bare model (no DDP hooks, so ranks need not agree on batch counts); FSDP needs the wrapper
     eval_model = model if accelerator.distributed_type == "FSDP" else accelerator.unwrap_model(model, keep_torch_compile=False)
 
-    writer, debug = None, None
+    debug = None
     if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "pretrain_config.json", json.dumps(to_dict(cfg), indent=1))
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
+    if cfg.report_to != "none":
+        start_trackers(accelerator, "mega-audio-pretrain", to_dict(cfg), output_dir.name, start_step)
     if cfg.debug_log:
         (output_dir / "debug").mkdir(parents=True, exist_ok=True)
         debug = open(output_dir / "debug" / f"rank{rank}.jsonl", "a", buffering=1)  # line by line: survives a kill
 
     def log(step: int, prefix: str, values: dict[str, float]) -> None:
-        for k, v in values.items() if writer else ():
-            writer.add_scalar(f"{prefix}/{k}", v, step)
+        accelerator.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)  # a no-op without trackers
 
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate_masked(eval_model, eval_loader, n_eval, accelerator, cfg, model_cfg.mask_id,
@@ -319,8 +330,6 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         digest = weights_digest(accelerator.unwrap_model(model))  # the test checks every rank ends equal
         debug.write(json.dumps({"final": True, "step": end_step, "weights": digest}) + "\n")
         debug.close()
-    if writer:
-        writer.close()
     stats = {"steps": end_step, "loss": last_loss, "eval": eval_metrics, "processes": world, "model_dir": str(export_dir),
              "audio_hours": total_frames / codec["frame_rate"] / 3600, "wall_s": time.time() - start_time}
     accelerator.print(pretrain_summary(stats))
