@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,av]"
+	$(PY) -m pip install -q -e ".[dev,av,hf]"
 	touch $@
 
 test: install

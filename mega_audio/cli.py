@@ -175,7 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     parser, commands = build_parser(command)
     args = vars(parser.parse_args(argv))  # without a known command this prints the usage and exits
     name = args.pop("__command")
-    COMMANDS[name].run(config_from_args(config_class(name), args, commands[name], config_presets(name)))
+    try:
+        COMMANDS[name].run(config_from_args(config_class(name), args, commands[name], config_presets(name)))
+    except Exception as e:
+        from .data.manifest import ManifestError
+
+        if isinstance(e, ManifestError):  # data not where it should be: one line saying where, not a traceback
+            sys.exit(f"mega-audio {name}: {e}")
+        raise
 
 
 if __name__ == "__main__":

@@ -60,7 +60,10 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
         name = [f.name]  # argparse leaves a SUPPRESS default of an absent positional unset, as for flags
     else:
         name, kwargs["dest"] = [flag(f)], f.name
-    if "choices" in f.metadata:
+    if "choices" in f.metadata and f.metadata.get("positional"):
+        # argparse checks an absent optional positional's SUPPRESS default against choices: config_from_args checks
+        kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    elif "choices" in f.metadata:
         kwargs["choices"] = f.metadata["choices"]
     tp, optional = _unwrap_optional(tp)
     if tp is bool:
@@ -115,6 +118,10 @@ def config_from_args(cls: type[T], args: dict[str, Any], parser: argparse.Argume
                if f.metadata.get("required") and values[f.name] in ("", [], None)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    for f in dataclasses.fields(cls):  # also what a YAML file or a positional gave
+        choices = f.metadata.get("choices")
+        if choices is not None and values[f.name] is not None and values[f.name] not in choices:
+            parser.error(f"argument {flag(f)}: invalid choice: {values[f.name]!r} (choose from {', '.join(map(str, choices))})")
     return cls(**values)
 
 

@@ -46,3 +46,40 @@ def test_optional_field_accepts_none_and_bad_types_are_rejected():
     assert parse_config(Demo, ["--init", "none"]).init is None
     with pytest.raises(SystemExit):
         parse_config(Demo, ["--steps", "many"])
+
+
+@dataclass
+class Positional:
+    dataset: str = option("", "recipe", positional=True, choices=["gtzan", "folder"])
+    kind: str = option("a", "kind", choices=["a", "b"])
+
+
+def test_choices_hold_for_positionals_flags_and_yaml_alike(tmp_path, capsys):
+    assert parse_config(Positional, ["folder", "--kind", "b"]) == Positional("folder", "b")
+    for argv in (["nope"], ["folder", "--kind", "c"]):
+        with pytest.raises(SystemExit):
+            parse_config(Positional, argv)
+        assert "invalid choice" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("kind: z\n")
+    with pytest.raises(SystemExit):
+        parse_config(Positional, ["gtzan", "--config", str(tmp_path / "run.yaml")])
+    assert "invalid choice: 'z'" in capsys.readouterr().err
+
+
+def test_build_manifest_script_takes_the_dataset_as_a_checked_positional(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from audio_trees import write_folder_tree
+
+    repo = Path(__file__).resolve().parent.parent
+    write_folder_tree(tmp_path / "audio", per_label=3)
+    script = [sys.executable, str(repo / "tokenize" / "build_manifest.py")]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([*script, "folder", str(tmp_path / "audio"), str(tmp_path / "m.jsonl")], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 9
+    bad = subprocess.run([*script, "gtzn", "x", "y"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'gtzn'" in bad.stderr

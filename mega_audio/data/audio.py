@@ -16,13 +16,13 @@ class AudioError(Exception):
     """A clip that cannot be used; the message is the reason logged in failures.jsonl."""
 
 
-def _read_with_av(path: Path) -> tuple[np.ndarray, int]:
+def _read_with_av(source, name: str) -> tuple[np.ndarray, int]:
     try:
         import av
     except ImportError as e:
-        raise AudioError(f"{path.suffix} needs PyAV to decode: pip install 'mega-audio[av]'") from e
+        raise AudioError(f"{name} needs PyAV to decode: pip install 'mega-audio[av]'") from e
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             stream = container.streams.audio[0]
             frames = [f.to_ndarray() for f in container.decode(stream)]
             rate = stream.rate
@@ -35,11 +35,28 @@ def _read_with_av(path: Path) -> tuple[np.ndarray, int]:
     return data.T, rate
 
 
+def _read_hub_row(uri: str) -> tuple[np.ndarray, int]:
+    """A row of a Hugging Face dataset (`hf://...` manifest paths): its encoded bytes, decoded like a file."""
+    from .recipes.hf import as_file, read_row_audio
+
+    try:
+        audio = read_row_audio(uri)
+    except Exception as e:  # a missing row or cache: logged as the clip's failure
+        raise AudioError(f"unreadable ({type(e).__name__}: {e})") from e
+    try:
+        data, rate = sf.read(as_file(audio), dtype="float32", always_2d=True)
+    except Exception:  # m4a, webm, ... bytes: PyAV reads file objects too
+        return _read_with_av(as_file(audio), "this audio format")
+    return data, rate
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Return `(samples, channels)` float32 and the file's sample rate."""
+    if str(path).startswith("hf://"):
+        return _read_hub_row(str(path))
     path = Path(path)
     if path.suffix.lower() in AV_SUFFIXES:
-        return _read_with_av(path)
+        return _read_with_av(str(path), path.suffix)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile errors, missing files, permission errors

@@ -46,7 +46,9 @@ class Task:
         return vocab
 
     def check_store(self, card: dict[str, Any]) -> None:
-        if self.datasets and card.get("dataset") not in self.datasets:
+        """A store of another dataset is refused; a Hub copy (`--dataset hf`) may be any dataset, so its labels and
+        the task's splits decide (tokenize it with --split-map to the task's split names)."""
+        if self.datasets and card.get("dataset") not in (*self.datasets, "hf"):
             raise ValueError(f"task {self.name!r} expects a store tokenized from {' or '.join(self.datasets)}, this one is "
                              f"{card.get('dataset')!r}: pass --task folder to use its own labels")
 

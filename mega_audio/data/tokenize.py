@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..config import option, to_argv, to_dict
 from .audio import AudioError, load_audio
 from .manifest import Clip, read_manifest, write_manifest
-from .recipes import RECIPES, build_manifest
+from .recipes import RECIPES, build_manifest, recipe_options
 from .store import (
     FORMATS,
     ShardWriter,
@@ -35,6 +35,11 @@ from .store import (
 class TokenizeConfig:
     dataset: str = option("folder", "dataset recipe: " + ", ".join(RECIPES))
     data_root: str = option("", "root of the audio dataset (layouts in the README)")
+    hf_name: str | None = option(None, "--dataset hf: a Hub dataset repo id, or a local copy (save_to_disk / parquet)")
+    hf_config: str | None = option(None, "--dataset hf: the dataset's config (e.g. AudioSet's balanced, full)")
+    label_column: str | None = option(None, "--dataset hf: column of the labels (default label; none = unlabelled)")
+    split_map: list[str] = option([], "--dataset hf: HUB_SPLIT=STORE_SPLIT pairs, e.g. train=balanced_train test=eval "
+                                      "(only the splits named are read; default every split, validation -> valid)")
     out: str = option("", "token store directory to create or complete")
     codec: str = option("bestrq", "encodec or bestrq", choices=["encodec", "bestrq"])
     bitrate: float = option(1.5, "kbps: 1.5, 3, 6, 12 or 24 (n_q = 2, 4, 8, 16, 32)")
@@ -72,9 +77,9 @@ def ensure_manifest(cfg: TokenizeConfig) -> list[Clip]:
     path = Path(cfg.manifest or Path(cfg.out) / "manifest.jsonl")
     with store_lock(cfg.out):  # one process builds it, the others wait and read it
         if not path.exists():
-            if not cfg.data_root:
+            if not cfg.data_root and not cfg.hf_name:
                 raise ValueError(f"no manifest at {path}: pass --data-root so one can be built")
-            clips, report = build_manifest(cfg.dataset, cfg.data_root, seed=cfg.seed)
+            clips, report = build_manifest(cfg.dataset, cfg.data_root, seed=cfg.seed, **recipe_options(cfg))
             print(report.summary())
             if not clips:
                 raise ValueError(f"no audio found for dataset {cfg.dataset!r} under {cfg.data_root}")
@@ -161,8 +166,8 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     device = cfg.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{rank % torch.cuda.device_count()}"  # one GPU per local process
+    clips = ensure_manifest(cfg)  # first: missing data is said before a codec is loaded
     codec = load_codec(cfg.codec, cfg.bitrate, weights=cfg.codec_weights, device=device, compile=cfg.compile)
-    clips = ensure_manifest(cfg)
     _refuse_other_codec(store, codec.card())
     _update_card(store, cfg, codec.card(), clips)
 
