@@ -1,4 +1,5 @@
-"""Tiny real audio trees in the five dataset layouts (GTZAN, NSynth, music/speech, AudioSet, folder) for tests.
+"""Tiny real audio trees in the five dataset layouts (GTZAN, NSynth, music/speech, AudioSet, folder), and a Hugging Face
+dataset on disk, for tests.
 
 Every writer returns an `AudioTree`: the root to hand to `build_manifest`, what it wrote (with exact durations), what
 the dataset's own metadata lists but the tree leaves out, and the deliberately broken files. Signals are real: a
@@ -283,3 +284,24 @@ def write_folder_tree(root: Path, labels: tuple[str, ...] = ("bird", "cat", "dog
             n += 1
     broken = write_faulty_files(root / labels[0]) if faulty else {}
     return AudioTree(root, files, faulty=broken)
+
+
+def write_hf_dataset(root: Path) -> Path:
+    """A Hugging Face `save_to_disk` dataset (train + test) with an Audio column of encoded wav bytes whose file names
+    have dots and clash across splits, and string labels; skips the test when `datasets` is not installed."""
+    import io
+
+    import pytest
+
+    datasets = pytest.importorskip("datasets")
+    splits = {}
+    for split in ("train", "test"):
+        rows, labels = [], []
+        for i in range(4):
+            buffer = io.BytesIO()
+            sf.write(buffer, tone(0.3, 16000, freq=class_freq(i % 2), seed=i), 16000, format="WAV")
+            rows.append({"bytes": buffer.getvalue(), "path": f"take.{i % 3}.wav"})  # take.0 twice: a clash
+            labels.append(["low", "high"][i % 2])
+        splits[split] = datasets.Dataset.from_dict({"audio": rows, "label": labels}).cast_column("audio", datasets.Audio())
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root

@@ -8,6 +8,7 @@ from audio_trees import (
     write_audioset_tree,
     write_folder_tree,
     write_gtzan_tree,
+    write_hf_dataset,
     write_m4a,
     write_music_speech_tree,
     write_nsynth_tree,
@@ -25,7 +26,7 @@ from mega_audio.data.manifest import (
 from mega_audio.data.recipes import RECIPES, build_manifest
 
 WRITERS = {"gtzan": write_gtzan_tree, "nsynth": write_nsynth_tree, "music_speech": write_music_speech_tree,
-           "audioset": write_audioset_tree, "folder": write_folder_tree}
+           "audioset": write_audioset_tree, "folder": write_folder_tree, "hf": write_hf_dataset}
 
 
 def by_id(clips):
