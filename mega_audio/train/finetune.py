@@ -45,6 +45,8 @@ class FinetuneConfig:
     head_dropout: float = option(0.1, "dropout in the frozen probe's head")
     probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
                                       "mean (of all layers) or a layer number")
+    lp_epochs: int = option(0, "LP-FT: before fine-tuning, fit the linear head for this many epochs on the frozen "
+                               "encoder's cached features, so a random head does not distort pre-trained features")
     lr: float = option(3e-4, "peak learning rate (AdamW, linear warm-up then cosine decay)")
     weight_decay: float = option(0.01, "AdamW weight decay on matrices and embeddings")
     warmup: float = option(0.1, "fraction of the steps spent warming up")
@@ -162,6 +164,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         best = {"epoch": probe["epoch"], "step": probe["epoch"] * steps_per_epoch, "valid": probe["valid"],
                 "probe_layer": probe["layer"], "valid_by_layer": probe["valid_by_layer"]}
     else:
+        if cfg.lp_epochs:
+            frozen_probe(unwrapped, store, task, vocab, read_split, keep, max_frames, cfg.eval_mode, "last",
+                         cfg.lp_epochs, cfg.batch_size, 1e-3, cfg.weight_decay, cfg.seed, cfg.eval_batch_size,
+                         accelerator, roles=("train", "valid"))
         history, best, test = train_and_select(cfg, model, optimizer, accelerator, batches, generator, task, vocab,
                                                pad_id, total, steps_per_epoch, evaluate_on, output_dir, metadata)
     results = {

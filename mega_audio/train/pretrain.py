@@ -59,9 +59,9 @@ class PretrainConfig:
     warmup_steps: int = option(1000, "linear warm-up steps")
     max_steps: int = option(20000, "optimizer steps; every process runs exactly this many")
     decay_steps: int | None = option(None, "cosine length in steps (default: max_steps)")
-    mask_ratio: float = option(0.25, "fraction of each clip that is masked (of its tokens, frames or span frames)")
-    mask_unit: str = option("token", "what is masked: single tokens, whole frames, or spans of frames",
-                            choices=list(MASK_UNITS))
+    mask_ratio: float = option(0.5, "fraction of each clip that is masked (of its tokens, frames or span frames)")
+    mask_unit: str = option("span", "what is masked: single tokens, whole frames, or spans of frames (see README: "
+                                    "'Does pre-training help?')", choices=list(MASK_UNITS))
     mask_span_ms: float = option(400.0, "span length for --mask-unit span")
     mask_start_prob: float | None = option(None, "span: every frame starts a span with this probability instead of "
                                                  "covering --mask-ratio (BEST-RQ style; spans may overlap)")

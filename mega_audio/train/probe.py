@@ -81,13 +81,14 @@ def train_head(model: AudioClassifier, x: torch.Tensor, y: torch.Tensor, valid_x
 
 def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], read_split: dict, keep: dict,
                  max_frames: int, eval_mode: str, layer_choice: str, epochs: int, batch_size: int, lr: float,
-                 weight_decay: float, seed: int, eval_batch_size: int = 32, accelerator=None) -> dict:
+                 weight_decay: float, seed: int, eval_batch_size: int = 32, accelerator=None,
+                 roles: tuple[str, ...] = ("train", "valid", "test")) -> dict:
     """Encode every clip of train/valid/test once (all layers), train the head for each candidate layer, keep the
     layer and epoch best on valid; sets model.probe_layer and the head. Returns {'layer', 'epoch', 'history',
-    'valid_by_layer', 'valid', 'test'} (valid/test as `split_result`)."""
+    'valid_by_layer', 'valid', 'test'} (valid/test as `split_result`; test only when in `roles`)."""
     model.eval()
     metas, features = {}, {}
-    for role in ("train", "valid", "test"):
+    for role in roles:
         samples = split_samples(store, read_split[role], keep[role])
         metas[role], features[role] = layer_features(model, samples, max_frames, eval_mode, eval_batch_size,
                                                      accelerator, desc=f"features {role}")
@@ -111,6 +112,6 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
     with torch.no_grad():
         results = {role: split_result(model, task, metas[role],
                                       model.head(select_layer(features[role], layer)).float().cpu().numpy(), vocab)
-                   for role in ("valid", "test")}
+                   for role in roles if role != "train"}
     return {"layer": layer, "epoch": best["epoch"], "history": history, **results,
             "valid_by_layer": {k: fit[0]["value"][0] for k, fit in fits.items()}}

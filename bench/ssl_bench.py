@@ -1,0 +1,252 @@
+"""Does pre-training help? The SSL protocol on real audio, run with the project's own commands.
+
+For every seed: pre-train on the unlabelled pool (`train/pretrain.py`), then on every task fine-tune from scratch,
+fine-tune from the pre-trained encoder, probe a frozen random-init encoder and the frozen pre-trained encoder
+(`mega-audio finetune [--freeze]`), and fit a bag-of-tokens logistic regression on the same tokens: the floor any
+learned model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead pre-trains one model per recipe
+variant (one seed) and scores each with the frozen probe and fine-tuning: bench/results/ssl_ablation.{json,md}.
+
+    make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
+    make bench-ssl           # this script (about an hour on 2 CPU cores)
+    python bench/ssl_bench.py --gpu          # the `small` model and 4x the steps, on a GPU machine
+
+Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
+resumes where it stopped. --jobs N runs N jobs side by side with cores / N threads each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import write_json  # noqa: E402
+
+# task -> (folder under --data-root = store name, `mega-audio tokenize --dataset`, `mega-audio finetune --task`,
+# fine-tuning epochs: music vs speech is learnt in one or two, and its clips are 10-30 s long)
+TASKS = {
+    "instrument_family": ("nsynth", "nsynth", "nsynth", 8),
+    "music_speech": ("music_speech", "folder", "folder", 3),
+    "genre": ("genre", "folder", "folder", 8),
+}
+ARMS = ("bag_of_tokens", "frozen_random", "frozen_pretrained", "scratch", "finetuned")
+ARM_NAMES = {"bag_of_tokens": "bag-of-tokens logistic regression (no model)",
+             "frozen_random": "frozen probe, random-init encoder", "frozen_pretrained": "frozen probe, pre-trained encoder",
+             "scratch": "fine-tuned from scratch", "finetuned": "fine-tuned from the pre-trained encoder"}
+
+# Pre-training variants for --ablate: extra train/pretrain.py flags, and the store's bitrate.
+VARIANTS = {
+    "token25": (["--mask-unit", "token", "--mask-ratio", "0.25"], 1.5),  # the paper's recipe
+    "frame50": (["--mask-unit", "frame", "--mask-ratio", "0.5"], 1.5),
+    "span25": (["--mask-unit", "span", "--mask-ratio", "0.25"], 1.5),
+    "span50": (["--mask-unit", "span", "--mask-ratio", "0.5"], 1.5),
+    "span50-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.5"], 12.0),
+}
+DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags: the shipped recipe
+
+
+def run(cmd: list[str], log: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT)}  # this checkout's mega_audio, also for train/pretrain.py
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mega_audio.cli", *args]
+
+
+def store_path(args, name: str, kbps: float) -> Path:
+    return args.work / "stores" / f"{name}-{kbps:g}"
+
+
+def tokenize(args, name: str, dataset: str, kbps: float) -> Path:
+    store = store_path(args, name, kbps)
+    card = store / "dataset.json"
+    if not (card.exists() and json.loads(card.read_text()).get("complete")):
+        run(cli("tokenize", "--dataset", dataset, "--data-root", str(args.data_root / name), "--out", str(store),
+                "--codec", "bestrq", "--bitrate", f"{kbps:g}", "--num-workers", "1"),
+            args.work / "logs" / f"tokenize-{name}-{kbps:g}.log", os.cpu_count() or 2)
+    return store
+
+
+def pretrain(args, variant: str, seed: int, threads: int) -> Path:
+    flags, kbps = VARIANTS.get(variant, ([], args.bitrate))
+    out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
+    if not (out / "model" / "model.safetensors").exists():
+        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", kbps)),
+             "--output-dir", str(out), "--seed", str(seed), "--model", args.model, "--max-steps", str(args.steps),
+             "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, args.steps // 10)),
+             "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *flags],
+            args.work / "logs" / f"{out.name}.log", threads)
+    return out / "model"
+
+
+def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
+    kbps = VARIANTS.get(variant, ([], args.bitrate))[1]
+    name, _, task_name, epochs = TASKS[task]
+    frozen = arm.startswith("frozen")
+    tag = {"frozen_random": "fz-random", "scratch": "ft-scratch"}.get(arm) or \
+        f"{'fz' if frozen else 'ft'}-{variant}"
+    out = args.work / "runs" / f"{tag}-{task}-{kbps:g}-s{seed}"
+    if not (out / "results.json").exists():
+        init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", args.model]
+        recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
+            ["--epochs", str(epochs), "--lr", str(args.lr)]
+        run(cli("finetune", "--cpu", "--task", task_name, "--data", str(store_path(args, name, kbps)),
+                "--output-dir", str(out), "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5",
+                "--eval-mode", "chunks", *init, *recipe), args.work / "logs" / f"{out.name}.log", threads)
+    return json.loads((out / "results.json").read_text())
+
+
+def bag_of_tokens(store: Path, seed: int) -> dict:
+    """Logistic regression on each clip's code histogram per level (square-rooted frequencies), C picked on valid."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mega_audio.data.store import TokenStore
+
+    ts = TokenStore(store)
+    x, y = {}, {}
+    for split in ("train", "valid", "test"):
+        rows = [(np.concatenate([np.bincount(codes[:, q].astype(np.int64), minlength=ts.codebook_size)
+                                 for q in range(codes.shape[1])]) / max(len(codes), 1), meta["labels"][0])
+                for codes, meta in ts.iter_samples(split)]
+        x[split], y[split] = np.sqrt(np.stack([r[0] for r in rows])), np.array([r[1] for r in rows])
+    fits = [LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x["train"], y["train"]) for c in (0.01, 0.1, 1)]
+    best = max(fits, key=lambda f: (f.predict(x["valid"]) == y["valid"]).mean())
+    return {"metrics": {"test": {"accuracy": float((best.predict(x["test"]) == y["test"]).mean())}}, "C": best.C}
+
+
+def summarise(results: dict, tasks: list[str], seeds: list[int], arms) -> dict:
+    table = {}
+    for task in tasks:
+        table[task] = {}
+        for arm in arms:
+            runs = [results[(task, arm, s)] for s in seeds if (task, arm, s) in results]
+            accs = [100 * r["metrics"]["test"]["accuracy"] for r in runs]
+            table[task][arm] = {"mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                                "runs": accs}
+            layers = [r.get("probe_layer") for r in runs if r.get("probe_layer")]
+            if layers:
+                table[task][arm]["probe_layers"] = layers
+        scratch = next((results[(task, "scratch", s)] for s in seeds if (task, "scratch", s) in results), None)
+        if scratch:
+            table[task]["n_test"] = scratch["n"]["test"]
+    return table
+
+
+def protocol(args, pool_hours: float) -> dict:
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as ex:
+        models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, DEFAULT_VARIANT, s, threads), args.seeds)))
+        jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, DEFAULT_VARIANT, s,
+                                       models[s] if arm in ("frozen_pretrained", "finetuned") else None, threads)
+                for s in args.seeds for t in args.tasks for arm in ARMS if arm != "bag_of_tokens"}
+        results = {k: f.result() for k, f in jobs.items()}
+    for t in args.tasks:
+        for s in args.seeds:
+            results[(t, "bag_of_tokens", s)] = bag_of_tokens(store_path(args, TASKS[t][0], args.bitrate), s)
+    return {"tasks": summarise(results, args.tasks, args.seeds, ARMS), "pool_hours": pool_hours}
+
+
+def ablation(args, pool_hours: float) -> dict:
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    task, seed = "instrument_family", 0
+    with ThreadPoolExecutor(args.jobs) as ex:
+        models = dict(zip(args.variants, ex.map(lambda v: pretrain(args, v, seed, threads), args.variants)))
+        jobs = {(v, arm): ex.submit(finetune, args, task, arm, v, seed,
+                                    None if arm in ("frozen_random", "scratch") else models[v], threads)
+                for v in args.variants for arm in ("frozen_random", "frozen_pretrained", "scratch", "finetuned")}
+        results = {k: f.result() for k, f in jobs.items()}
+    rows = {}
+    for v in args.variants:
+        r = {arm: results[(v, arm)] for arm in ("frozen_random", "frozen_pretrained", "scratch", "finetuned")}
+        rows[v] = {arm: 100 * x["metrics"]["test"]["accuracy"] for arm, x in r.items()}
+        rows[v]["valid_by_layer"] = {k: 100 * a for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
+        rows[v]["probe_layer"] = r["frozen_pretrained"]["probe_layer"]
+        rows[v]["flags"] = " ".join(VARIANTS.get(v, ([], 0))[0]) or "(defaults)"
+        rows[v]["kbps"] = VARIANTS.get(v, ([], args.bitrate))[1]
+    return {"task": task, "seed": seed, "variants": rows, "pool_hours": pool_hours}
+
+
+def markdown(summary: dict) -> str:
+    head = (f"`python bench/ssl_bench.py{' --ablate' if 'variants' in summary else ''}`: model `{summary['model']}`, "
+            f"{summary['steps']} pre-training steps of 16 x 5 s on {summary['pool_hours']:.2f} h of unlabelled audio, "
+            f"BEST-RQ tokens, {summary['minutes']:.0f} min on {summary['machine']}.")
+    if "variants" in summary:
+        lines = ["# Pre-training recipe ablation (real audio, instrument family, test accuracy %)", "", head,
+                 "One seed per row; the frozen probe reads the layer best on valid (its valid accuracy per layer in the "
+                 "last column).", "",
+                 "| recipe | kbps | flags | frozen random | frozen pre-trained | scratch | fine-tuned | valid by layer |",
+                 "|---|---:|---|---:|---:|---:|---:|---|"]
+        for v, r in summary["variants"].items():
+            layers = ", ".join(f"{k} {a:.0f}" for k, a in r["valid_by_layer"].items())
+            lines.append(f"| {v} | {r['kbps']:g} | `{r['flags']}` | {r['frozen_random']:.1f} | "
+                         f"{r['frozen_pretrained']:.1f} | {r['scratch']:.1f} | {r['finetuned']:.1f} | {layers} |")
+        return "\n".join(lines) + "\n"
+    tasks = list(summary["tasks"])
+    lines = ["# Does pre-training help? (real audio)", "", head,
+             f"Test accuracy (%), mean ± std over seeds {summary['seeds']} (each seed pre-trains its own model).", "",
+             "| | " + " | ".join(f"{t} (n={summary['tasks'][t].get('n_test', '?')})" for t in tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]
+    for arm in ARMS:
+        cells = [f"{summary['tasks'][t][arm]['mean']:.1f} ± {summary['tasks'][t][arm]['std']:.1f}" for t in tasks]
+        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "real-audio")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ssl")
+    parser.add_argument("--tasks", nargs="*", default=["instrument_family", "music_speech"], choices=list(TASKS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--bitrate", type=float, default=1.5)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", type=int, default=500, help="pre-training steps per seed")
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (scratch and fine-tuned alike)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true", help="the `small` model and 4x the steps")
+    parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS) + [DEFAULT_VARIANT])
+    args = parser.parse_args()
+    if args.gpu:
+        args.model, args.steps = "small", args.steps * 4
+    start = time.time()
+    for t in args.tasks:
+        tokenize(args, TASKS[t][0], TASKS[t][1], args.bitrate)
+    bitrates = {VARIANTS[v][1] for v in args.variants if v in VARIANTS} if args.ablate else {args.bitrate}
+    pools = [tokenize(args, "pool", "folder", kbps) for kbps in sorted(bitrates | {args.bitrate})]
+    if args.ablate:
+        for kbps in bitrates:
+            tokenize(args, "nsynth", "nsynth", kbps)
+    pool_hours = json.loads((pools[0] / "dataset.json").read_text())["splits"]["train"]["hours"]
+    summary = ablation(args, pool_hours) if args.ablate else protocol(args, pool_hours)
+    summary.update({"model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
+                    "device": "cpu", "minutes": (time.time() - start) / 60,
+                    "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
+    name = "ssl_ablation" if args.ablate else "ssl"
+    write_json(summary, HERE / "results" / name)
+    (HERE / "results" / f"{name}.md").write_text(markdown(summary))
+    print(markdown(summary))
+    print(f"bench-ssl: wrote bench/results/{name}.json and .md in {summary['minutes']:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
