@@ -215,7 +215,8 @@ def write(results: dict, out: Path) -> None:
         "# Mega-AudioFormer vs flat Transformer: one training step",
         "",
         f"**What this measures.** Forward + backward time and peak memory of one masked-token training step (batch "
-        f"{results['batch']}, 25% of tokens masked, loss on the masked ones) for Mega-AudioFormer (global encoder over "
+        f"{results['batch']}, 25% of tokens masked, loss on the masked ones, their logits computed in checkpointed chunks by the "
+        "same code in both models) for Mega-AudioFormer (global encoder over "
         "frames + local encoder within frames) and a flat Transformer with the global encoder's width and depth over "
         "all T x n_q tokens, at Encodec's 1.5 kbps (n_q = 2) and 12 kbps (n_q = 16), 75 frames per second. For each "
         "length both models are built and their timed steps interleaved, so load from other jobs hits both alike. "

@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 GTZAN_SPLITS = {split: REPO / "manifests" / "gtzan" / f"{split}_filtered.txt" for split in ("train", "valid", "test")}
 AUDIOSET_CLASSES = REPO / "manifests" / "audioset" / "class_labels_indices.csv"
 # (extension, sample rate, channels) cycled through by the mixed trees: wav/flac/ogg, 16/22.05/44.1 kHz, mono/stereo
@@ -150,16 +151,20 @@ def gtzan_listed() -> dict[str, str]:
 
 def write_gtzan_tree(root: Path, genres: tuple[str, ...] = ("blues", "classical", "jazz"), per_split: int = 1,
                      layout: str = "genres", seconds: float = 1.0, sample_rate: int = 22050, ext: str = ".wav",
-                     corrupt: tuple[str, ...] = ()) -> AudioTree:
-    """The first `per_split` listed files of each genre in each split. layout: "genres" (genres/<genre>/),
+                     corrupt: tuple[str, ...] = (), excluded: int = 0) -> AudioTree:
+    """The first `per_split` listed files of each genre in each split, and the first `excluded` of each genre's
+    clips that the fault-filtered split leaves out (split "excluded"). layout: "genres" (genres/<genre>/),
     "kaggle" (Data/genres_original/<genre>/) or "flat" (<genre>/ at the root). `corrupt` names
-    (e.g. "jazz.00054") are written as random bytes, like the public copy's jazz.00054.wav."""
+    (e.g. "jazz.00054") are written as random bytes, like the public copy's jazz.00054.wav.
+    `missing` lists the rest of GTZAN's 1,000 clips."""
     base = {"genres": root / "genres", "kaggle": root / "Data" / "genres_original", "flat": root}[layout]
     listed = gtzan_listed()
+    split_of = {f"{g}.{i:05d}.wav": listed.get(f"{g}.{i:05d}.wav", "excluded") for g in GTZAN_GENRES for i in range(100)}
     chosen = []
     for genre in genres:
-        for split in GTZAN_SPLITS:
-            chosen += [n for n, s in listed.items() if s == split and n.startswith(genre + ".")][:per_split]
+        for split in [*GTZAN_SPLITS, "excluded"]:
+            wanted = excluded if split == "excluded" else per_split
+            chosen += [n for n, s in split_of.items() if s == split and n.startswith(genre + ".")][:wanted]
     files = []
     for name in chosen:
         genre, stem = name.split(".")[0], name.removesuffix(".wav")
@@ -167,11 +172,11 @@ def write_gtzan_tree(root: Path, genres: tuple[str, ...] = ("blues", "classical"
             continue
         f = write_tone(base / genre / (stem + ext), seconds, sample_rate, freq=class_freq(genres.index(genre)),
                        seed=len(files))
-        f.key, f.labels, f.split = stem, [genre], listed[name]
+        f.key, f.labels, f.split = stem, [genre], split_of[name]
         files.append(f)
     faulty = {stem: write_corrupt(base / stem.split(".")[0] / (stem + ext), seed=i) for i, stem in enumerate(corrupt)}
     written = {f.key for f in files} | set(corrupt)
-    missing = sorted(n for n in listed if n.removesuffix(".wav") not in written)
+    missing = sorted(n for n in split_of if n.removesuffix(".wav") not in written)
     return AudioTree(root, files, missing, faulty)
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from mega_audio.cli import main
 from mega_audio.data.manifest import write_manifest
 from mega_audio.data.recipes import TASKS, build_manifest, get_task
 from mega_audio.data.store import TokenStore
-from mega_audio.data.tasks import NO_LABEL
+from mega_audio.data.tasks import NO_LABEL, task_view
 from mega_audio.data.tokenize import TokenizeConfig, tokenize
 from mega_audio.models.checkpoint import load_weights
 from mega_audio.models.classifier import AudioClassifier
@@ -307,6 +308,21 @@ def test_predict_reads_token_files_without_any_codec(scratch_run, separable_stor
         predict([meta["source"]], no_codec)
 
 
+def test_embed_reads_long_clips_in_windows_of_the_checkpoint_training_length_by_default(separable_store, tmp_path):
+    export = pretrained(tmp_path / "export", separable_store, seed=0, pretrain={"max_frames": 50})  # clips: 150 frames
+    info = embed(export, separable_store, tmp_path / "emb.npy", split="test")
+    whole = embed(export, separable_store, tmp_path / "whole.npy", split="test", eval_mode="whole")
+    assert (info["eval_mode"], info["max_frames"], whole["eval_mode"]) == ("chunks", 50, "whole")
+    codes = next(TokenStore(separable_store).iter_samples("test"))[0]
+    model, _ = load_classifier(export)
+    with torch.no_grad():
+        embeddings = [model.embed(torch.from_numpy(w.astype(np.int64))[None])[0].numpy() for w in windows(codes, 50, "chunks")]
+        full = model.embed(torch.from_numpy(codes.astype(np.int64))[None])[0].numpy()
+    assert len(embeddings) == 3
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy")[0], np.mean(embeddings, axis=0), atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "whole.npy")[0], full, atol=1e-5)
+
+
 def test_embed_writes_one_mean_pooled_vector_per_clip_with_ids(scratch_run, separable_store, tmp_path):
     out, _ = scratch_run
     info = embed(out, separable_store, tmp_path / "emb.npy", split="valid")
@@ -443,14 +459,44 @@ def test_nsynth_pitch_task_learns_the_pitch_kept_in_the_clip_extra(tmp_path):
     tree = write_nsynth_tree(tmp_path / "nsynth", per_split=2, seconds=0.5)
     store = tokenized(tree.root, "nsynth")
     out = tmp_path / "pitch"
-    # also runs the other code paths: chunk-drop in training, chunked evaluation of clips longer than the window
+    # also runs the other code paths: chunk-drop in training, chunked evaluation (the default) of clips longer than
+    # the window
     results = finetune(config(store, out, task="nsynth-pitch", max_steps=2, batch_size=2, augment="chunk-drop",
-                              max_seconds=0.25, eval_mode="chunks"))
+                              max_seconds=0.25))
     assert (results["augment"], results["config"]["eval_mode"]) == ("chunk-drop", "chunks")
     test_pitches = {str(f.extra["pitch"]) for f in tree.files if f.split == "test"}
     truth = {r["label"] for r in json.loads((out / "per_class.json").read_text()) if r["support"]}
     assert truth == test_pitches and results["n"] == {"train": 6, "valid": 6, "test": 6}
     assert load_classifier(out)[1]["labels"] == [str(p) for p in range(128)]
+
+
+def test_gtzan_split_random_re_splits_all_clips_of_the_same_store_80_10_10_and_evaluate_follows_it(tmp_path):
+    from audio_trees import write_gtzan_tree
+
+    tree = write_gtzan_tree(tmp_path / "gtzan", genres=("disco", "hiphop", "jazz"), per_split=2, excluded=4, seconds=0.5)
+    # 10 clips of each of 3 genres: 6 in the filtered split, 4 left out of it
+    store = tokenized(tree.root, "gtzan")
+    assert set(TokenStore(store).card["splits"]) == {"train", "valid", "test", "excluded"}
+
+    filtered = finetune(config(store, tmp_path / "filtered", task="gtzan", max_steps=1, batch_size=4))
+    assert filtered["split"] == "filtered" and filtered["n"] == {"train": 6, "valid": 6, "test": 6}
+    shuffled = finetune(config(store, tmp_path / "random", task="gtzan", split="random", max_steps=1, batch_size=4))
+    assert shuffled["split"] == "random" and shuffled["n"] == {"train": 24, "valid": 3, "test": 3}
+
+    gtzan = get_task("gtzan")
+    view = task_view(gtzan, TokenStore(store), list(gtzan.labels), seed=5, scheme="random")  # the run seed changes nothing
+    roles = {role: keep.holdout for role, keep in view.keep.items()}
+    assert set().union(*roles.values()) == {f.key.replace(".", "_") for f in tree.files}  # excluded clips too
+    assert sum(map(len, roles.values())) == 30  # disjoint
+    genre_of = {f.key.replace(".", "_"): f.labels[0] for f in tree.files}
+    for role, share in (("train", 8), ("valid", 1), ("test", 1)):
+        assert Counter(genre_of[i] for i in roles[role]) == {"disco": share, "hiphop": share, "jazz": share}
+
+    again = evaluate(tmp_path / "random", store)  # the checkpoint knows its split: the random test share
+    assert again["n"] == 3 and again["metrics"] == pytest.approx(shuffled["metrics"]["test"])
+    assert evaluate(tmp_path / "filtered", store)["n"] == 6
+    with pytest.raises(ValueError, match="no --split 'random'"):
+        finetune(config(store, tmp_path / "folder", task="folder", split="random", max_steps=1))
 
 
 def test_audioset_task_is_multi_label_and_selects_on_a_held_out_slice_of_balanced_train(tmp_path):

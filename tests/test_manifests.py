@@ -56,7 +56,7 @@ def test_gtzan_uses_the_filtered_split_in_every_layout_and_counts_listed_but_mis
     assert_matches_tree(clips, tree)
     assert {c.id for c in clips} == {f.key.replace(".", "_") for f in tree.files}  # blues.00029 -> blues_00029
     assert {c.split for c in clips} == {"train", "valid", "test"}
-    assert report.missing == 930 - len(tree.files) == len(tree.missing)
+    assert report.missing == 1000 - len(tree.files) == len(tree.missing)  # GTZAN has 1,000 clips, 930 in the filter
     assert set(report.missing_examples) <= set(tree.missing) and len(report.missing_examples) == 5
     assert f"{report.missing} listed but missing" in report.summary()
     assert report.labels[0] == "blues" and len(report.labels) == 10
@@ -73,11 +73,16 @@ def test_gtzan_lists_the_corrupt_jazz_00054_with_no_duration_and_reports_its_hea
     assert len(clips) == len(tree.files) + 1
 
 
-def test_gtzan_ignores_files_outside_the_filtered_split(tmp_path):
-    write_gtzan_tree(tmp_path, genres=("disco",))
-    listed_nowhere = write_tone(tmp_path / "genres" / "disco" / "disco.00050.wav")  # a filtered-out repetition
-    clips, _ = build_manifest("gtzan", tmp_path)
-    assert str(listed_nowhere.path.resolve()) not in {c.path for c in clips}
+def test_gtzan_keeps_the_clips_the_filter_leaves_out_in_an_excluded_split_and_ignores_other_files(tmp_path):
+    tree = write_gtzan_tree(tmp_path, genres=("disco", "jazz"), excluded=2)
+    not_gtzan = write_tone(tmp_path / "genres" / "disco" / "disco.00100.wav")  # no GTZAN clip has this number
+    clips, report = build_manifest("gtzan", tmp_path)
+
+    assert_matches_tree(clips, tree)
+    excluded = {c.id for c in clips if c.split == "excluded"}
+    assert excluded == {"disco_00038", "disco_00050", "jazz_00033", "jazz_00034"}  # in no manifests/gtzan/*.txt
+    assert str(not_gtzan.path.resolve()) not in {c.path for c in clips}
+    assert len(clips) == len(tree.files) == 2 * (3 + 2) and report.missing == 1000 - 10
 
 
 def test_nsynth_keeps_official_splits_family_labels_and_pitch(tmp_path):

@@ -114,8 +114,9 @@ def test_confusion_png_decodes_at_the_documented_size(tmp_path):
     assert image[..., :3].std() > 0.05  # something is drawn
 
 
-def _result(task, bitrate, init, augment, acc, f1, seed=0):
-    return {"task": task, "bitrate": bitrate, "init": init, "augment": augment, "config": {"freeze": False, "seed": seed},
+def _result(task, bitrate, init, augment, acc, f1, seed=0, split=None, eval_mode="chunks"):
+    return {"task": task, "bitrate": bitrate, "init": init, "augment": augment, "split": split,
+            "config": {"freeze": False, "seed": seed, "eval_mode": eval_mode},
             "metrics": {"test": {"accuracy": acc, "macro_f1": f1}, "valid": {"accuracy": 0.0, "macro_f1": 0.0}}}
 
 
@@ -125,8 +126,8 @@ def test_report_lays_results_out_as_table1_with_rows_per_init_and_column_groups_
         _result("nsynth", 1.5, "ckpt", "none", 0.60, 0.55),
         _result("nsynth", 1.5, "ckpt", "chunk-drop", 0.70, 0.65),
         _result("nsynth", 12.0, None, "none", 0.52, 0.42),
-        _result("gtzan", 1.5, "ckpt", "none", 0.80, 0.78),
-        _result("gtzan", 1.5, "ckpt", "none", 0.90, 0.88, seed=1),
+        _result("gtzan", 1.5, "ckpt", "none", 0.80, 0.78, split="filtered"),
+        _result("gtzan", 1.5, "ckpt", "none", 0.90, 0.88, seed=1, split="filtered"),
     ]
     for i, run in enumerate(runs):
         (tmp_path / f"run{i}").mkdir()
@@ -140,3 +141,15 @@ def test_report_lays_results_out_as_table1_with_rows_per_init_and_column_groups_
     assert rows["scratch"] == ["-", "-", "50.0", "40.0", "52.0", "42.0"]
     assert rows["fine-tuned"][:4] == ["85.0 ± 5.0", "83.0 ± 5.0", "60.0", "55.0"]
     assert rows["fine-tuned + augmentation"] == ["-", "-", "70.0", "65.0", "-", "-"]
+
+
+def test_report_keeps_runs_scored_another_way_out_of_the_default_columns(tmp_path):
+    runs = [_result("gtzan", 1.5, None, "none", 0.70, 0.70, split="filtered"),
+            _result("gtzan", 1.5, None, "none", 0.80, 0.80, split="random"),
+            _result("gtzan", 1.5, None, "none", 0.60, 0.60, split="filtered", eval_mode="whole")]
+    for i, run in enumerate(runs):
+        (tmp_path / f"run{i}.json").write_text(json.dumps(run))
+    lines = table1(load_results(sorted(tmp_path.glob("*.json")))).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")][1::2]
+    assert header == ["gtzan 1.5 kbps Acc", "gtzan (random split) 1.5 kbps Acc", "gtzan (whole clips) 1.5 kbps Acc"]
+    assert [c.strip() for c in lines[2].strip("|").split("|")][1::2] == ["70.0", "80.0", "60.0"]

@@ -8,7 +8,7 @@ import torch
 from mega_audio.models.classifier import AudioClassifier
 from mega_audio.models.config import PRESETS, ModelConfig, model_config
 from mega_audio.models.flat import FlatTransformer
-from mega_audio.models.layers import Rotary, SelfAttention, SummaryMixing, apply_rotary
+from mega_audio.models.layers import LevelHeads, Rotary, SelfAttention, SummaryMixing, apply_rotary
 from mega_audio.models.masking import IGNORE_INDEX, mask_tokens, mlm_loss
 from mega_audio.models.mega import MegaAudioFormer, parameter_counts
 
@@ -242,21 +242,80 @@ def test_loss_counts_masked_positions_only():
     assert boosted_loss < loss and boosted_accuracy > accuracy
 
 
+def masked_batch(config: ModelConfig, T: int = 7, seed: int = 1):
+    """Two clips, the second one padded after 4 frames, 25% of their tokens masked."""
+    codes = random_codes(2, T, config.n_q)
+    padding_mask = torch.tensor([[True] * T, [True] * 4 + [False] * (T - 4)])
+    inputs, targets = mask_tokens(codes, padding_mask, generator=torch.Generator().manual_seed(seed), mask_id=config.mask_id)
+    return inputs, padding_mask, targets
+
+
 @pytest.mark.parametrize("model_cls", [MegaAudioFormer, FlatTransformer])
-def test_forward_with_targets_computes_logits_of_masked_tokens_only_and_the_same_loss(model_cls):
+def test_forward_with_targets_returns_the_accuracy_and_loss_of_the_masked_tokens_full_logits(model_cls):
     config = tiny(n_q=4)
     model = model_cls(config).eval()
-    codes = random_codes(2, 7, 4)
-    padding_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
-    inputs, targets = mask_tokens(codes, padding_mask, generator=torch.Generator().manual_seed(1), mask_id=config.mask_id)
+    inputs, padding_mask, targets = masked_batch(config)
     with torch.no_grad():
         all_logits, no_loss = model(inputs, padding_mask)
-        masked_logits, loss = model(inputs, padding_mask, targets)
-    assert no_loss is None
-    assert masked_logits.shape == (int((targets != IGNORE_INDEX).sum()), CODEBOOK)
-    level_major = (targets != IGNORE_INDEX).movedim(-1, 0)  # all masked level-0 tokens first, then level 1, ...
-    torch.testing.assert_close(masked_logits, all_logits.movedim(2, 0)[level_major], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loss, mlm_loss(all_logits, targets)[0], atol=1e-5, rtol=1e-5)
+        accuracy, loss = model(inputs, padding_mask, targets)
+    assert no_loss is None and all_logits.shape == (2, 7, 4, CODEBOOK)
+    reference_loss, reference_accuracy = mlm_loss(all_logits, targets)
+    torch.testing.assert_close(loss, reference_loss, atol=1e-5, rtol=1e-5)
+    assert accuracy.item() == reference_accuracy.item()
+
+
+@pytest.mark.parametrize("model_cls", [MegaAudioFormer, FlatTransformer])
+def test_chunked_masked_loss_has_the_loss_and_every_gradient_of_the_full_logits_loss(model_cls):
+    config = tiny(n_q=4)
+    model = model_cls(config).train()
+    heads = model.local_encoder.heads if model_cls is MegaAudioFormer else model.heads
+    heads.chunk_rows = 3  # several chunks per level, the last one short
+    inputs, padding_mask, targets = masked_batch(config, T=20)
+    per_level = (targets != IGNORE_INDEX).sum(dim=(0, 1))
+    assert per_level.min() > heads.chunk_rows and (per_level % heads.chunk_rows).any()
+
+    _, chunked_loss = model(inputs, padding_mask, targets)
+    chunked_loss.backward()
+    chunked_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    full_loss = mlm_loss(model(inputs, padding_mask)[0], targets)[0]
+    full_loss.backward()
+
+    torch.testing.assert_close(chunked_loss, full_loss, atol=1e-6, rtol=1e-5)
+    full_grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert chunked_grads.keys() == full_grads.keys() and len(full_grads) == len(list(model.parameters()))
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def peak_live_bytes(fn) -> int:
+    """Peak of live CPU tensor bytes while fn runs (torch.profiler's signed allocation events)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_masked_loss_never_holds_all_masked_logits_in_forward_or_backward():
+    n_q, dim, vocab, frames = 4, 16, CODEBOOK, 500
+    heads = LevelHeads(n_q, dim, vocab, chunk_rows=64)
+    states = torch.randn(frames, n_q, dim, requires_grad=True)
+    select = torch.rand(frames, n_q, generator=torch.Generator().manual_seed(0)) < 0.5
+    labels = torch.randint(0, vocab, (int(select.sum()),))
+    logits_bytes = len(labels) * vocab * 4  # the (n_masked, V) fp32 logits: ~4 MB
+
+    def step():
+        loss, _ = heads.loss(states, select, labels)
+        loss.backward()
+
+    peak = peak_live_bytes(step)
+    assert heads.weight.grad is not None and states.grad is not None
+    assert peak < logits_bytes / 2, f"peak {peak} bytes, all masked logits are {logits_bytes}"  # full: ~3x logits
 
 
 def test_tiny_model_overfits_one_small_batch_to_near_zero_loss():

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from .manifest import stratified_split
 from .store import Sample, TokenStore
 
 NO_LABEL = -100  # single-label target of a clip whose label is outside the vocabulary: torch cross_entropy skips it
 HOLDOUT = "holdout"  # valid split name meaning "a seeded slice of the train split", for datasets without one
+RANDOM_SPLIT = "random"  # split scheme: a seeded stratified 80/10/10 split of all the store's clips, whatever their split
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,16 @@ class Task:
     test: str = "test"
     labels: tuple[str, ...] | None = None  # fixed vocabulary; None = the store card's `labels`
     target: str = "labels"  # "labels": meta["labels"]; "pitch": meta["extra"]["pitch"] (NSynth)
+    split_schemes: tuple[str, ...] = ()  # --split choices, the first the default; () = the store's splits only
+
+    def split_scheme(self, wanted: str | None) -> str | None:
+        """The split scheme of a run: `wanted`, or the task's default (None: the task reads the store's own splits)."""
+        if wanted is None:
+            return self.split_schemes[0] if self.split_schemes else None
+        if wanted not in self.split_schemes:
+            choices = f"use one of {', '.join(self.split_schemes)}" if self.split_schemes else "it reads the store's splits"
+            raise ValueError(f"task {self.name!r} has no --split {wanted!r}: {choices}")
+        return wanted
 
     @property
     def metrics(self) -> tuple[str, str]:
@@ -114,16 +126,34 @@ def index_entries(store: TokenStore, split: str) -> Iterator[tuple[str, list[str
         yield from zip(index["ids"], index["labels"])
 
 
+def random_split_filters(task: Task, store: TokenStore, vocab: list[str], seed: int = 0) -> dict[str, ClipFilter]:
+    """Role -> its clips in a seeded stratified 80/10/10 split of every labelled clip of the store, all store splits
+    together. The split depends on the clip ids and labels alone: every run, rank and `evaluate` gets the same one."""
+    vocab_set = frozenset(vocab)
+    entries = [(i, next(x for x in labels if x in vocab_set)) for i, labels in index_entries(store, None)
+               if any(x in vocab_set for x in labels)]
+    role_of = stratified_split([i for i, _ in entries], [label for _, label in entries], seed)
+    return {role: ClipFilter(task, vocab_set, frozenset(i for i, r in role_of.items() if r == role), in_holdout=True)
+            for role in ("train", "valid", "test")}
+
+
 @dataclass(frozen=True)
 class TaskView:
-    splits: dict[str, str]  # role (train, valid, test) -> store split it reads
+    splits: dict[str, str | None]  # role (train, valid, test) -> store split it reads (None: all of them)
     keep: dict[str, ClipFilter]  # role -> the clips of that split it uses
     holdout: bool  # valid is a seeded slice of the train split (and train is the rest)
 
 
 def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: float = 0.1, seed: int = 0,
-              train: str | None = None, valid: str | None = None, test: str | None = None) -> TaskView:
-    """The task's splits (or the overrides) on this store; a store without the valid split gets a held-out slice of train."""
+              train: str | None = None, valid: str | None = None, test: str | None = None,
+              scheme: str | None = None) -> TaskView:
+    """The task's splits (or the overrides) on this store; a store without the valid split gets a held-out slice of
+    train. scheme RANDOM_SPLIT: every role reads the whole store, filtered to its share of `random_split_filters`."""
+    if scheme == RANDOM_SPLIT:
+        if train or valid or test:
+            raise ValueError("--split random makes its own train/valid/test: drop --train-split/--valid-split/--test-split")
+        keep = random_split_filters(task, store, vocab)
+        return TaskView({role: None for role in keep}, keep, holdout=False)
     splits = {"train": train or task.train, "valid": valid or task.valid, "test": test or task.test}
     present = {s.split for s in store.shards()}
     for role in ("train", "test"):

@@ -9,7 +9,7 @@ from einops import rearrange, repeat
 from .checkpoint import Pretrained
 from .config import ModelConfig
 from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights
-from .masking import IGNORE_INDEX, mlm_loss
+from .masking import masked_token_loss
 
 
 class FlatTransformer(Pretrained, nn.Module):
@@ -39,7 +39,7 @@ class FlatTransformer(Pretrained, nn.Module):
         x = rearrange(self.tokens(codes.long()), "b t q d -> b (t q) d")  # time-major, channel-packed
         x = self.encoder(self.dropout(x), attention_valid_mask(valid))
         x = rearrange(x, "b (t q) d -> (b t) q d", q=n_q)
-        if targets is not None:
-            logits = self.heads(x, rearrange(targets != IGNORE_INDEX, "b t q -> (b t) q"))  # (n_masked, V)
-            return logits, mlm_loss(logits, targets)[0]
+        if targets is not None:  # the same chunked masked-token loss as Mega-AudioFormer: like is compared with like
+            loss, accuracy = masked_token_loss(self.heads, x, targets)
+            return accuracy, loss
         return rearrange(self.heads(x), "(b t) q v -> b t q v", b=codes.shape[0]), None

@@ -1,5 +1,6 @@
 """Masked token modelling: which tokens are masked (`mask_tokens`: single tokens, whole frames or spans of frames),
-the loss on them (`mlm_loss`) and the seeded generator that makes a micro-batch's masks reproducible on resume.
+the loss on them (`masked_token_loss`, which `mlm_loss` defines on full logits) and the seeded generator that makes
+a micro-batch's masks reproducible on resume.
 
 One contract for every unit: `mask_tokens` returns (inputs, targets), where inputs carry MASK at the masked
 tokens and targets carry the original code there and IGNORE_INDEX everywhere else (unmasked or padded), so
@@ -16,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import repeat
+from einops import rearrange, repeat
+
+from .layers import LevelHeads
 
 IGNORE_INDEX = -100  # target of a token the loss skips (not masked, or padding); defined here, once
 MASK_UNITS = ("token", "frame", "span")
@@ -117,17 +120,24 @@ def mask_tokens(
 
 
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy over masked tokens only. targets: (B, T, n_q); logits: (B, T, n_q, V) for
-    every token, or (n_masked, V) for the masked ones level by level (what forward returns with targets)."""
-    picked = targets.movedim(-1, 0) != IGNORE_INDEX  # (n_q, B, T): level-major, the order of masked logits
-    if logits.dim() == 4:
-        logits = logits.movedim(2, 0)[picked]
-    logits, targets = logits.float(), targets.movedim(-1, 0)[picked]  # (n_masked, V), (n_masked,)
+    """Cross-entropy and accuracy over masked tokens only, from every token's logits (B, T, n_q, V); targets:
+    (B, T, n_q). The definition `masked_token_loss` computes without materialising the logits."""
+    picked = targets != IGNORE_INDEX
+    logits, targets = logits[picked].float(), targets[picked]  # (n_masked, V), (n_masked,)
     if logits.shape[0] == 0:  # nothing masked: a zero that still backpropagates
         zero = logits.sum() * 0.0
         return zero, zero.detach()
     accuracy = (logits.argmax(dim=-1) == targets).float().mean()
     return F.cross_entropy(logits, targets), accuracy
+
+
+def masked_token_loss(heads: LevelHeads, states: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy (detached) over the masked tokens, with the output heads run on those tokens only
+    (nanoGPT's trick of computing only the logits it needs) and in chunks (`LevelHeads.loss`).
+    states: (B * T, n_q, D) the heads' inputs, frame-major; targets: (B, T, n_q) from mask_tokens."""
+    targets = rearrange(targets, "b t q -> (b t) q")
+    select = targets != IGNORE_INDEX  # (B * T, n_q)
+    return heads.loss(states, select, targets.T[select.T])  # labels level by level, the order of the heads' rows
 
 
 def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:

@@ -1,5 +1,6 @@
 """Mega-AudioFormer, the architecture only (read it top to bottom): per-level token embeddings -> one MegaByte patch
-per frame -> a global encoder over frames -> a local encoder inside each frame -> per-level logits."""
+per frame -> a global encoder over frames -> a local encoder inside each frame -> per-level logits (or, in
+pre-training, the loss of the masked tokens)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from einops import rearrange
 from .checkpoint import Pretrained
 from .config import ModelConfig
 from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights
-from .masking import IGNORE_INDEX, mlm_loss
+from .masking import masked_token_loss
 
 
 class GlobalEncoder(nn.Module):
@@ -51,7 +52,7 @@ class GlobalEncoder(nn.Module):
 
 
 class LocalEncoder(nn.Module):
-    """Within each frame: token embeddings + that frame's global state -> per-level logits."""
+    """Within each frame: token embeddings + that frame's global state -> per-level states, read by the output heads."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -60,15 +61,11 @@ class LocalEncoder(nn.Module):
         self.encoder = Encoder(config.d_local, config.n_local_layers, config.n_local_heads, config.mlp_ratio, config.dropout)
         self.heads = LevelHeads(config.n_q, config.d_local, config.codebook_size)
 
-    def forward(self, tokens: torch.Tensor, frames: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: (B, T, n_q, d_token), frames: (B, T, d_global) -> logits (B, T, n_q, codebook_size),
-        or with select: (B, T, n_q) bool only the selected tokens' logits (n_selected, codebook_size), level by level."""
+    def forward(self, tokens: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T, n_q, d_token), frames: (B, T, d_global) -> states (B * T, n_q, d_local) for the heads."""
         x = self.token_proj(tokens) + self.frame_proj(frames).unsqueeze(2)  # (B, T, n_q, d_local)
         x = rearrange(x, "b t q d -> (b t) q d")  # one short sequence per frame, rotary over the level
-        x = self.encoder(x)  # a frame has all its levels: no padding inside
-        if select is not None:
-            return self.heads(x, rearrange(select, "b t q -> (b t) q"))
-        return rearrange(self.heads(x), "(b t) q v -> b t q v", b=tokens.shape[0])
+        return self.encoder(x)  # a frame has all its levels: no padding inside
 
 
 class MegaAudioFormer(Pretrained, nn.Module):
@@ -87,14 +84,15 @@ class MegaAudioFormer(Pretrained, nn.Module):
     def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """codes: (B, T, n_q), padding_mask: (B, T) True = valid -> (logits (B, T, n_q, V), None).
 
-        With targets (from mask_tokens) -> (logits of the masked tokens only (n_masked, V), loss), ordered
-        level by level: the output heads skip the 75% of tokens the loss ignores (nanoGPT's trick of
-        computing only the logits it needs)."""
-        select = None if targets is None else targets != IGNORE_INDEX
+        With targets (from mask_tokens) -> (accuracy, loss) over the masked tokens only: the output heads run on
+        the masked tokens alone, a chunk at a time, and their logits are never all in memory (masked_token_loss)."""
         tokens = self.global_encoder.embed(codes, padding_mask)  # (B, T, n_q, d_token)
         frames = self.global_encoder.encode(tokens, padding_mask)  # (B, T, d_global)
-        logits = self.local_encoder(tokens, frames, select)  # (B, T, n_q, V) or (n_masked, V)
-        return logits, None if targets is None else mlm_loss(logits, targets)[0]
+        states = self.local_encoder(tokens, frames)  # (B * T, n_q, d_local)
+        if targets is not None:
+            loss, accuracy = masked_token_loss(self.local_encoder.heads, states, targets)
+            return accuracy, loss
+        return rearrange(self.local_encoder.heads(states), "(b t) q v -> b t q v", b=codes.shape[0]), None
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -22,7 +22,7 @@ from ..data.tasks import split_samples, task_view
 from ..models.checkpoint import load_weights, read_checkpoint_config
 from ..models.classifier import AudioClassifier
 from ..models.config import PRESETS, ModelConfig, model_config
-from .inference import EVAL_MODES, evaluate_split
+from .inference import DEFAULT_EVAL_MODE, EVAL_MODES, evaluate_split
 from .probe import frozen_probe
 from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
 from .report import write_reports
@@ -54,9 +54,12 @@ class FinetuneConfig:
     max_steps: int | None = option(None, "stop after this many steps, overriding --epochs")
     batch_size: int = option(16, "clips per step and process")
     max_seconds: float = option(10.0, "training window: longer clips are randomly cropped to it")
-    eval_mode: str = option("whole", "clips longer than the window at evaluation: whole, or chunks (mean logits)",
+    eval_mode: str = option(DEFAULT_EVAL_MODE, "clips longer than the window at evaluation: chunks (default: the mean "
+                                               "logits of consecutive windows, the length training saw) or whole",
                             choices=list(EVAL_MODES))
     eval_batch_size: int = option(32, "clips per evaluation batch")
+    split: str | None = option(None, "gtzan: filtered (default, the fault-filtered split) or random (a seeded stratified "
+                                     "80/10/10 split of all 1,000 clips, what the paper's whole-percent figures imply)")
     valid_fraction: float = option(0.1, "held-out share of train used for selection when there is no valid split")
     train_split: str | None = option(None, "override the task's train split")
     valid_split: str | None = option(None, "override the task's valid split ('holdout' = a slice of train)")
@@ -120,8 +123,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     start_time = time.time()
     task, store = get_task(cfg.task), TokenStore(cfg.data)
     task.check_store(store.card)
-    vocab = task.vocabulary(store.card)
-    view = task_view(task, store, vocab, cfg.valid_fraction, cfg.seed, cfg.train_split, cfg.valid_split, cfg.test_split)
+    vocab, scheme = task.vocabulary(store.card), task.split_scheme(cfg.split)
+    view = task_view(task, store, vocab, cfg.valid_fraction, cfg.seed, cfg.train_split, cfg.valid_split, cfg.test_split,
+                     scheme)
     read_split, keep = view.splits, view.keep
 
     accelerator = make_accelerator(cfg.cpu, cfg.mixed_precision)
@@ -148,7 +152,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.output_dir)
     metadata = {"task": task.name, "labels": vocab, "multi_label": task.multi_label, "codec": store.card["codec"],
-                "dataset": store.card.get("dataset"), "max_frames": max_frames, "eval_mode": cfg.eval_mode,
+                "dataset": store.card.get("dataset"), "max_frames": max_frames, "eval_mode": cfg.eval_mode, "split": scheme,
                 "finetune": to_dict(cfg)}
     evaluate_on = lambda name: evaluate_split(  # noqa: E731
         unwrapped, split_samples(store, read_split[name], keep[name]), task, vocab, pad_id, max_frames, cfg.eval_mode,
@@ -174,7 +178,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "task": task.name, "dataset": store.card.get("dataset"), "data": str(store.path),
         "codec": store.card["codec"]["name"], "bitrate": store.card["codec"]["bandwidth"],
         "codec_fingerprint": store.card["codec"]["fingerprint"], "init": cfg.init, "augment": cfg.augment,
-        "freeze": cfg.freeze, "main_metric": task.main_metric, "splits": read_split | {"holdout": view.holdout},
+        "freeze": cfg.freeze, "main_metric": task.main_metric, "split": scheme, "splits": read_split | {"holdout": view.holdout},
         "metrics": {"valid": best["valid"]["metrics"], "test": test["metrics"]},
         "n": {"train": n["train"], "valid": best["valid"]["n"], "test": test["n"]},
         "best_epoch": best["epoch"], "best_step": best["step"], "epochs": cfg.epochs, "steps": total,

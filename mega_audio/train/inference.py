@@ -17,7 +17,7 @@ from ..config import option
 from ..data.recipes import get_task
 from ..data.store import Sample, TokenStore
 from ..data.stream import chunked, collate
-from ..data.tasks import ClipFilter, Task, split_samples
+from ..data.tasks import RANDOM_SPLIT, ClipFilter, Task, random_split_filters, split_samples
 from ..fileio import atomic_write, atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.classifier import AudioClassifier
@@ -25,14 +25,17 @@ from ..models.mega import MegaAudioFormer
 from .loop import check_codec
 from .metrics import log_loss, score
 
-EVAL_MODES = ("whole", "chunks")
+EVAL_MODES = ("chunks", "whole")
+# a clip longer than the training window is scored by its windows (logits or embeddings averaged): `whole` would show
+# the model lengths it never saw in training (30 s GTZAN clips to a model trained on 10 s windows)
+DEFAULT_EVAL_MODE = "chunks"
 
 
 @dataclass
 class EvaluateConfig:
     checkpoint: str = option("", "a `mega-audio finetune` output dir", required=True)
     data: str = option("", "token store made with the checkpoint's codec", required=True)
-    split: str | None = option(None, "store split (default: the task's test split)")
+    split: str | None = option(None, "store split (default: the test split the checkpoint was fine-tuned with)")
     eval_mode: str | None = option(None, "whole or chunks (default: as fine-tuned)", choices=list(EVAL_MODES))
     batch_size: int = option(32, "clips per batch")
 
@@ -54,8 +57,9 @@ class EmbedConfig:
     safetensors: bool = option(False, "also write X.safetensors: tensor `embeddings` (N, d), ids/labels/splits as JSON "
                                       "strings in its metadata")
     split: str | None = option(None, "one split (default: all)")
-    eval_mode: str = option("whole", "whole, or chunks of --max-seconds averaged", choices=list(EVAL_MODES))
-    max_seconds: float | None = option(None, "window for --eval-mode chunks")
+    eval_mode: str | None = option(None, "chunks (windows of --max-seconds averaged) or whole (default: as the checkpoint "
+                                         "was fine-tuned, else chunks)", choices=list(EVAL_MODES))
+    max_seconds: float | None = option(None, "window for chunks (default: the checkpoint's training window)")
     batch_size: int = option(32, "clips per batch")
 
 
@@ -134,11 +138,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     store, task = TokenStore(data), get_task(meta["task"])
     check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
     model.config.check_data(store.n_q, store.codebook_size)
-    split = split or task.test
-    keep = ClipFilter(task, frozenset(meta["labels"]))
-    result = evaluate_split(model, split_samples(store, split, keep), task, meta["labels"], model.config.pad_id,
-                            meta["max_frames"], eval_mode or meta["eval_mode"], batch_size, desc=f"eval {split}")
-    return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n": result["n"], "metrics": result["metrics"]}
+    if split is None and meta.get("split") == RANDOM_SPLIT:  # the test share of the random split it was tuned on
+        read, keep = None, random_split_filters(task, store, meta["labels"])["test"]
+    else:
+        read, keep = split or task.test, ClipFilter(task, frozenset(meta["labels"]))
+    result = evaluate_split(model, split_samples(store, read, keep), task, meta["labels"], model.config.pad_id,
+                            meta["max_frames"], eval_mode or meta["eval_mode"], batch_size, desc=f"eval {read or 'test'}")
+    return {"checkpoint": str(checkpoint), "data": str(data), "split": read or f"{RANDOM_SPLIT} test", "n": result["n"],
+            "metrics": result["metrics"]}
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -147,17 +154,19 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
-          eval_mode: str = "whole", max_seconds: float | None = None, batch_size: int = 32,
+          eval_mode: str | None = None, max_seconds: float | None = None, batch_size: int = 32,
           safetensors: bool = False) -> dict[str, Any]:
     """Mean-pooled global-encoder embeddings (N, d_global) float32 to `out` (.npy), ids/labels/splits to `out`.json,
-    and with `safetensors` both in one `out`.safetensors (for tools that do not read .npy)."""
+    and with `safetensors` both in one `out`.safetensors (for tools that do not read .npy). Long clips are read as
+    the checkpoint was trained: windows of its training length, averaged (unless whole)."""
     model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     store = TokenStore(data)
     check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
     model.config.check_data(store.n_q, store.codebook_size)
-    max_frames = round(max_seconds * store.frame_rate) if max_seconds else None
+    max_frames = round(max_seconds * store.frame_rate) if max_seconds else training_window(meta)
+    mode = eval_mode or meta.get("eval_mode", DEFAULT_EVAL_MODE)
     device = next(model.parameters()).device
-    rows = list(clip_outputs(model.embed, store.iter_samples(split), model.config.pad_id, max_frames, eval_mode,
+    rows = list(clip_outputs(model.embed, store.iter_samples(split), model.config.pad_id, max_frames, mode,
                              batch_size, device, desc="embed"))
     vectors = np.stack([e for _, e in rows]).astype(np.float32) if rows else np.zeros((0, model.config.d_global), np.float32)
     index = {"ids": [m["id"] for m, _ in rows], "labels": [m.get("labels", []) for m, _ in rows],
@@ -165,7 +174,7 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str 
     out = Path(out).with_suffix(".npy")
     atomic_write(out, lambda tmp: save_npy(tmp, vectors))
     atomic_write_text(out.with_suffix(".json"), json.dumps(index) + "\n")
-    written = {"path": str(out), "n": len(rows), "dim": model.config.d_global}
+    written = {"path": str(out), "n": len(rows), "dim": model.config.d_global, "eval_mode": mode, "max_frames": max_frames}
     if safetensors:
         from safetensors.numpy import save_file
 
@@ -174,6 +183,11 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str 
         atomic_write(path, lambda tmp: save_file({"embeddings": vectors}, tmp, metadata=text))
         written["safetensors"] = str(path)
     return written
+
+
+def training_window(meta: dict) -> int | None:
+    """Frames per training window of a fine-tuned checkpoint or a pre-training export (None if it does not say)."""
+    return meta.get("max_frames") or meta.get("pretrain", {}).get("max_frames")
 
 
 def load_tokens(path: str | Path, checkpoint_meta: dict, codec_weights: str | None, codec_cache: dict,

@@ -23,7 +23,7 @@ from ..data.stream import TokenStream, make_loader
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
-from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, mlm_loss, span_frames
+from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, span_frames
 from ..models.mega import MegaAudioFormer
 from .loop import (
     REPORT_TO,
@@ -142,10 +142,9 @@ def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainCon
         inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
                                       **masking_options(cfg, frame_rate))
         with accelerator.autocast():
-            logits, _ = model(inputs, padding_mask, targets)  # (n_masked, V): the heads skip unmasked tokens
-        loss, accuracy = mlm_loss(logits, targets)
+            accuracy, loss = model(inputs, padding_mask, targets)  # over the masked tokens
         n = (targets != IGNORE_INDEX).sum()
-        totals += torch.stack([loss * n, accuracy * n, n.float()])
+        totals += torch.stack([loss.float() * n, accuracy * n, n.float()])
     totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)
     n = max(totals[2].item(), 1.0)

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..config import option
+from ..data.recipes import TASKS
 from ..data.tasks import Task
+from .inference import DEFAULT_EVAL_MODE
 from .metrics import confusion_matrix, per_class_report
 
 
@@ -86,6 +88,17 @@ def result_row(result: dict[str, Any]) -> str:
     return row + (" + augmentation" if result.get("augment", "none") != "none" else "")
 
 
+def result_column(result: dict[str, Any]) -> str:
+    """The column group's task name; a run scored another way (whole clips, another split) is not comparable with
+    the default protocol, so it gets its own group, e.g. "gtzan (random split)"."""
+    task = TASKS.get(result["task"])
+    split = result.get("split")
+    protocol = [f"{split} split"] if task and split and split != task.split_scheme(None) else []
+    if result.get("config", {}).get("eval_mode", DEFAULT_EVAL_MODE) != DEFAULT_EVAL_MODE:
+        protocol.append(f"{result['config']['eval_mode']} clips")
+    return result["task"] + (f" ({', '.join(protocol)})" if protocol else "")
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -98,10 +111,10 @@ def table1(results: list[dict[str, Any]], split: str = "test") -> str:
     cells: dict[tuple[str, str, float, str], list[float]] = defaultdict(list)
     groups: dict[tuple[str, float], list[str]] = {}
     for r in results:
-        group = (r["task"], float(r["bitrate"]))
+        group = (result_column(r), float(r["bitrate"]))
         groups[group] = list(r["metrics"][split])
         for metric, value in r["metrics"][split].items():
-            cells[(result_row(r), r["task"], float(r["bitrate"]), metric)].append(value)
+            cells[(result_row(r), *group, metric)].append(value)
     columns = [(task, bitrate, m) for task, bitrate in sorted(groups) for m in groups[(task, bitrate)]]
     header = ["model"] + [f"{task} {bitrate:g} kbps {METRIC_NAMES.get(m, m)}" for task, bitrate, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
