@@ -1,6 +1,7 @@
 """Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run."""
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -196,7 +197,7 @@ def main() -> None:
         threads=torch.get_num_threads(), torch=torch.__version__, preset=args.preset,
         config={k: v for k, v in config.to_dict().items() if k not in ("n_q", "codebook_size")}, batch=args.batch,
         memory_method="torch.cuda.max_memory_allocated" if args.device == "cuda" else "torch.profiler memory events (peak live tensor bytes)",
-        wall_seconds=time.time() - started, rows=rows,
+        wall_seconds=time.time() - started, load_average=os.getloadavg()[0], rows=rows,
     )
     write(results, args.out)
 
@@ -227,7 +228,9 @@ def write(results: dict, out: Path) -> None:
         f"({cfg['n_global_heads']} heads), local {cfg['n_local_layers']} layer(s) x d={cfg['d_local']} "
         f"({cfg['n_local_heads']} head(s)), d_token={cfg['d_token']}, mixer {cfg['global_mixer']}. "
         f"Device: {results['device']} ({results['device_name'] or 'unknown CPU'}), {results['threads']} threads, "
-        f"torch {results['torch']}. The whole run took {results['wall_seconds'] / 60:.1f} min.",
+        f"torch {results['torch']}. The whole run took {results['wall_seconds'] / 60:.1f} min"
+        + (f" (load average {results['load_average']:.1f} at the end: other jobs shared the cores, so times are noisier "
+           "than memory, which does not depend on load)." if results.get("load_average") else "."),
     ]
     if results["preset"] == "cpu-scaled":
         lines += [
