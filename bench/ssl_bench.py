@@ -178,7 +178,8 @@ def ablation(args, pool_hours: float) -> dict:
     for v in args.variants:
         r = {arm: results[(v, arm)] for arm in ("frozen_random", "frozen_pretrained", "scratch", "finetuned")}
         rows[v] = {arm: 100 * x["metrics"]["test"]["accuracy"] for arm, x in r.items()}
-        rows[v]["valid_by_layer"] = {k: 100 * a for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
+        rows[v]["valid_by_layer"] = {k: 100 * (a[0] if isinstance(a, list) else a)  # [accuracy, -loss] in older runs
+                                     for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
         rows[v]["probe_layer"] = r["frozen_pretrained"]["probe_layer"]
         rows[v]["flags"] = " ".join(VARIANTS.get(v, ([], 0))[0]) or "(defaults)"
         rows[v]["kbps"] = VARIANTS.get(v, ([], args.bitrate))[1]
@@ -188,7 +189,7 @@ def ablation(args, pool_hours: float) -> dict:
 def markdown(summary: dict) -> str:
     head = (f"`python bench/ssl_bench.py{' --ablate' if 'variants' in summary else ''}`: model `{summary['model']}`, "
             f"{summary['steps']} pre-training steps of 16 x 5 s on {summary['pool_hours']:.2f} h of unlabelled audio, "
-            f"BEST-RQ tokens, {summary['minutes']:.0f} min on {summary['machine']}.")
+            f"BEST-RQ tokens, on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
     if "variants" in summary:
         lines = ["# Pre-training recipe ablation (real audio, instrument family, test accuracy %)", "", head,
                  "One seed per row; the frozen probe reads the layer best on valid (its valid accuracy per layer in the "
@@ -238,7 +239,9 @@ def main() -> None:
             tokenize(args, "nsynth", "nsynth", kbps)
     pool_hours = json.loads((pools[0] / "dataset.json").read_text())["splits"]["train"]["hours"]
     summary = ablation(args, pool_hours) if args.ablate else protocol(args, pool_hours)
-    summary.update({"model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
+    summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
+                    ", the epoch best on valid; frozen probes 60 epochs at lr 1e-3",
+                    "model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
                     "device": "cpu", "minutes": (time.time() - start) / 60,
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
     name = "ssl_ablation" if args.ablate else "ssl"
