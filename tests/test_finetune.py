@@ -230,6 +230,17 @@ def test_frozen_probe_picks_a_layer_on_valid_and_its_checkpoint_scores_the_same_
     assert AudioClassifier.from_pretrained(out).probe_layer == results["probe_layer"]
 
 
+def test_lp_ft_fits_the_linear_head_on_frozen_features_before_fine_tuning(small_store, tmp_path):
+    ckpt = pretrained(tmp_path / "pre", small_store, 0)
+    heads = {}
+    for lp_epochs in (0, 20):  # lr 0: fine-tuning changes nothing, so what is saved is what LP-FT left
+        out = tmp_path / f"lp{lp_epochs}"
+        finetune(config(small_store, out, scratch=False, init=str(ckpt), lr=0.0, max_steps=1, lp_epochs=lp_epochs))
+        assert_same_weights(encoder_weights(out), encoder_weights(ckpt))
+        heads[lp_epochs] = load_weights(out, "head.")
+    assert not torch.equal(heads[0]["head.weight"], heads[20]["head.weight"])
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentation and long clips
 
