@@ -72,7 +72,7 @@ demo: install
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO)/store FT_RUN=$(DEMO)/finetune-pretrained-aug \
 		ARGS="--cpu --init $(DEMO)/pretrain/model --augment chunk-drop --epochs $(DEMO_EPOCHS) --batch-size 16 --lr 1e-3 --max-seconds 4"
 	$(VENV)/bin/mega-audio report $(DEMO) --out $(DEMO)/table1.md
-	@echo "demo: the pre-trained rows come from $(DEMO_STEPS) steps of a 0.7 M-parameter model on 16 minutes of generated"
+	@echo "demo: the pre-trained rows come from $(DEMO_STEPS) steps of a 0.7 M-parameter model on minutes of generated"
 	@echo "demo: audio; at that size pre-training is not expected to beat training from scratch (it shows the commands,"
 	@echo "demo: not the payoff). What pre-training buys on real audio, and what it does not: README, 'Does pre-training help?'"
 
