@@ -99,6 +99,12 @@ def run_embed(cfg) -> None:
                            cfg.batch_size, cfg.safetensors)))
 
 
+def run_merge(cfg) -> None:
+    from .train.merge import merge, merge_summary
+
+    print(merge_summary(merge(cfg)))
+
+
 def run_report(cfg) -> None:
     from .train.report import load_results, table1
 
@@ -139,6 +145,8 @@ COMMANDS: dict[str, Command] = {
                      "mega_audio.train.inference:EmbedConfig", run_embed),
     "report": Command("Table 1: scratch / fine-tuned / + augmentation rows, a column group per task and bitrate "
                       "(markdown).", "mega_audio.train.report:ReportConfig", run_report),
+    "merge": Command("Task arithmetic: base + sum of lambda_i x (model_i - base) over exported models of one "
+                     "architecture and codec -> a normal export.", "mega_audio.train.merge:MergeConfig", run_merge),
     "synth-data": Command("Write a generated labelled audio collection (5 classes of real signal structure) for demos "
                           "and tests.", "mega_audio.data.synth:SynthConfig", run_synth),
 }

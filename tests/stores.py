@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from audio_trees import write_folder_tree
 
+from mega_audio.data.store import ShardWriter, write_card
 from mega_audio.data.tokenize import TokenizeConfig, tokenize
 
 
@@ -18,3 +20,16 @@ def build_token_store(root: Path, fmt: str = "wds", bitrate: float = 1.5, classe
                          device="cpu")
     tokenize(cfg)
     return root / "store"
+
+
+def codes_store(path: Path, codec: dict, n: int, prefix: str = "clip", frames: int = 150, seed: int = 0) -> Path:
+    """A store of `n` random-code train clips named `<prefix><i>`, with the given codec card, through the real shard
+    writer: e.g. an old corpus sharing another store's codec, or a store of another codec."""
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(path, "wds", rank=0, shard_size=4)
+    for i in range(n):
+        codes = rng.integers(0, codec["codebook_size"], (frames, codec["n_q"])).astype(np.int16)
+        writer.add(codes, {"id": f"{prefix}{i}", "split": "train", "labels": []})
+    writer.close()
+    write_card(path, codec, "wds", "random")
+    return path

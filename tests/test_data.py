@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from stores import codes_store
 
 from mega_audio.data.store import TokenStore
-from mega_audio.data.stream import TokenStream, collate, make_loader
+from mega_audio.data.stream import TokenStream, collate, make_loader, parse_store_weights
 
 PAD = 1025
 
@@ -120,3 +121,50 @@ def test_int16_batches_from_workers_carry_the_same_codes_as_long_ones(small_stor
         assert a["codes"].dtype == torch.long and b["codes"].dtype == torch.int16
         torch.testing.assert_close(a["codes"], b["codes"].long())
         torch.testing.assert_close(a["padding_mask"], b["padding_mask"])
+
+
+# ---------------------------------------------------------------------------------------------
+# weighted mixing of stores (continual pre-training with replay)
+
+
+def mixed_stream(new_store, old_store, weights, **kwargs) -> TokenStream:
+    paths, normalised = parse_store_weights([f"{new_store}:{weights[0]}", f"{old_store}:{weights[1]}"])
+    options = dict(batch_size=4, max_frames=20, pad_id=PAD, seed=0, weights=normalised)
+    options.update(kwargs)
+    return TokenStream([TokenStore(p) for p in paths], "train", **options)
+
+
+@pytest.fixture
+def old_store(small_store, tmp_path):
+    """An 'old corpus' of 8 clips (ids old0..old7) with small_store's codec card."""
+    return codes_store(tmp_path / "old", TokenStore(small_store).card["codec"], n=8, prefix="old")
+
+
+def test_data_weights_parse_from_path_suffixes_and_are_normalised(tmp_path):
+    assert parse_store_weights(["a", "b"]) == (["a", "b"], None)  # no weights: the stores are read as one
+    paths, weights = parse_store_weights(["a:3", "b", "c:x"])
+    assert paths == ["a", "b", "c:x"] and weights == pytest.approx([0.6, 0.2, 0.2])
+    colon_dir = tmp_path / "store:2"
+    colon_dir.mkdir()
+    assert parse_store_weights([str(colon_dir), "b:1"]) == ([str(colon_dir), "b"], [0.5, 0.5])
+    with pytest.raises(ValueError, match="must be a positive number"):
+        parse_store_weights(["a:0.8", "b:-1"])
+
+
+def test_weighted_stores_are_read_in_the_configured_ratio_and_the_same_for_the_same_seed(small_store, old_store):
+    ids = lambda seed, weights: flat_ids(take(mixed_stream(small_store, old_store, weights, seed=seed), 250))
+    mix = ids(0, (0.8, 0.2))
+    assert abs(sum(i.startswith("old") for i in mix) / len(mix) - 0.2) < 0.04  # 1000 clips: 0.2 +- 4 sigma
+    heavy = ids(0, (1, 3))  # relative weights: 1:3 is 25% / 75%
+    assert abs(sum(i.startswith("old") for i in heavy) / len(heavy) - 0.75) < 0.04
+    assert mix == ids(0, (0.8, 0.2)) and mix != ids(1, (0.8, 0.2))
+    old = [i for i in mix if i.startswith("old")]
+    assert sorted(old[:8]) == [f"old{i}" for i in range(8)]  # the replayed store still comes round in whole epochs
+
+
+def test_a_weighted_mix_resumes_the_exact_batch_sequence_across_workers(small_store, old_store):
+    full = take(make_loader(mixed_stream(small_store, old_store, (0.7, 0.3)), num_workers=2), 14)
+    resumed = take(make_loader(mixed_stream(small_store, old_store, (0.7, 0.3), start_batch=9), num_workers=2), 5)
+    for a, b in zip(full[9:], resumed, strict=True):
+        assert a["ids"] == b["ids"]
+        torch.testing.assert_close(a["codes"], b["codes"])

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from stores import build_token_store
+from stores import build_token_store, codes_store
 
 from mega_audio.config import parse_config
-from mega_audio.data.store import ShardWriter, TokenStore, write_card
+from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
 from mega_audio.models.checkpoint import read_checkpoint_config
 from mega_audio.models.mega import MegaAudioFormer
@@ -57,14 +57,8 @@ def debug_records(out, rank=0):
 
 def random_store(path, codec_name="encodec", n_q=2, n=8):
     """A store as another codec would write it (its own card and fingerprint), through the real shard writer."""
-    rng = np.random.default_rng(0)
-    writer = ShardWriter(path, "wds", rank=0, shard_size=4)
-    for i in range(n):
-        writer.add(rng.integers(0, 1024, (150, n_q)).astype(np.int16), {"id": f"clip{i}", "split": "train", "labels": []})
-    writer.close()
-    write_card(path, {"name": codec_name, "fingerprint": "f" * 64, "sample_rate": 24000, "frame_rate": 75.0,
-                      "bandwidth": 1.5, "n_q": n_q, "codebook_size": 1024}, "wds", "other")
-    return path
+    return codes_store(path, {"name": codec_name, "fingerprint": "f" * 64, "sample_rate": 24000, "frame_rate": 75.0,
+                              "bandwidth": 1.5, "n_q": n_q, "codebook_size": 1024}, n)
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +102,13 @@ def test_two_cpu_processes_train_on_disjoint_clips_and_end_with_identical_weight
     MegaAudioFormer.from_pretrained(out / "model")
 
 
-@pytest.mark.slow
-def test_run_killed_mid_training_resumes_with_the_same_batches_masks_and_losses(small_store, reference_run, tmp_path):
-    out = tmp_path / "run"
-    args = train_args(small_store, out, "--max-steps", "24", "--save-every", "5", "--eval-every", "12", "--num-workers", "2")
+def kill_then_resume(args, out, first_checkpoint: str) -> list[dict]:
+    """Start the trainer, SIGKILL it (and its DataLoader workers) once `first_checkpoint` exists, resume it with the
+    same command + --resume; returns the micro-batch records of the stitched run (what an uninterrupted one logs)."""
     victim = subprocess.Popen([sys.executable, SCRIPT, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
-    first_checkpoint = out / "checkpoints" / "step_0000005"
     deadline = time.time() + 300
-    while not first_checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+    while not (out / "checkpoints" / first_checkpoint).exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its DataLoader workers, wherever they are
     victim.wait()
@@ -124,16 +116,57 @@ def test_run_killed_mid_training_resumes_with_the_same_batches_masks_and_losses(
 
     resumed = run_script(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-
     records, _ = debug_records(out)
     start = max(r["run_start"] for r in records)
-    assert start >= 5
-    stitched = [r for r in records if r["run_start"] == 0 and r["step"] < start] + \
-               [r for r in records if r["run_start"] == start]
-    reference, (reference_final,) = debug_records(reference_run)
+    assert start >= int(first_checkpoint.removeprefix("step_"))
+    return [r for r in records if r["run_start"] == 0 and r["step"] < start] + \
+           [r for r in records if r["run_start"] == start]
+
+
+def assert_same_run(out, reference_out, stitched):
+    reference, (reference_final,) = debug_records(reference_out)
     assert [(r["step"], r["ids"]) for r in stitched] == [(r["step"], r["ids"]) for r in reference]
     np.testing.assert_allclose([r["loss"] for r in stitched], [r["loss"] for r in reference], rtol=1e-5)
     assert debug_records(out)[1][-1]["weights"] == reference_final["weights"]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_with_the_same_batches_masks_and_losses(small_store, reference_run, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(small_store, out, "--max-steps", "24", "--save-every", "5", "--eval-every", "12", "--num-workers", "2")
+    assert_same_run(out, reference_run, kill_then_resume(args, out, "step_0000005"))
+
+
+@pytest.mark.slow
+def test_continual_pretraining_with_replay_rewarms_the_lr_and_resumes_exactly_after_a_kill(small_store, reference_run,
+                                                                                             tmp_path):
+    # continue the reference model on a "new corpus" (small_store) with 30% of an "old corpus" replayed
+    old = codes_store(tmp_path / "old", TokenStore(small_store).card["codec"], n=8, prefix="old")
+    def args(out):
+        return ["--cpu", "--data", f"{small_store}:0.7", f"{old}:0.3", "--output-dir", str(out), "--batch-size", "4",
+                "--max-seconds", "1", "--lr", "3e-3", "--log-every", "4", "--eval-every", "-1", "--debug-log",
+                "--init-from", str(reference_run / "model"), "--rewarm-steps", "3", "--max-steps", "12",
+                "--save-every", "4", "--num-workers", "2"]
+    uninterrupted = run_script(*args(tmp_path / "reference"))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert f"12 steps (continued from {reference_run / 'model'})" in uninterrupted.stdout
+
+    out = tmp_path / "run"
+    stitched = kill_then_resume(args(out), out, "step_0000004")
+    assert_same_run(out, tmp_path / "reference", stitched)
+    ids = [i for r in stitched for i in r["ids"]]
+    assert 0.1 < sum(i.startswith("old") for i in ids) / len(ids) < 0.5  # 48 clips, 30% expected
+
+    schedule = {"peak": 3e-3, "warmup_steps": 3, "warmup_from": 0.1, "decay_steps": 12, "min_lr_ratio": 0.1,
+                "rewarm": True}
+    pretrain = read_checkpoint_config(out / "model")["metadata"]["pretrain"]
+    assert pretrain["lr_schedule"] == schedule
+    assert pretrain["continued_from"] == {"model": str(reference_run / "model"), "step": 24, "data": [str(small_store)]}
+    assert pretrain["data"] == [f"{small_store}:0.7", f"{old}:0.3"]
+    state = json.loads((out / "checkpoints" / "step_0000012" / "trainer_state.json").read_text())
+    assert state["continued_from"] == pretrain["continued_from"] and state["lr_schedule"] == schedule
+    card = (out / "model" / "README.md").read_text()
+    assert f"Continued from `{reference_run / 'model'}` with the learning rate re-warmed" in card
 
 
 def test_resuming_on_a_store_with_another_n_q_is_refused_naming_both(reference_run, tmp_path):
@@ -206,6 +239,17 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
     assert lr_at(500, cfg) == pytest.approx(0.1)
+
+
+def test_rewarm_climbs_from_the_floor_back_to_the_peak_then_re_decays_over_the_run():
+    cfg = PretrainConfig(lr=1.0, min_lr_ratio=0.1, init_from="model", rewarm_steps=10, warmup_steps=1000, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.19) and lr_at(9, cfg) == pytest.approx(1.0)  # 0.1 + 0.9 * (step + 1) / 10
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_rewarm_without_a_model_to_continue_is_refused(small_store, tmp_path):
+    with pytest.raises(ValueError, match="pass --init-from MODEL_DIR too"):
+        run(PretrainConfig(data=[str(small_store)], output_dir=str(tmp_path / "run"), rewarm_steps=10, cpu=True))
 
 
 def test_example_configs_use_real_field_names_and_valid_accelerate_keys():

@@ -1,10 +1,12 @@
-"""Training input: token stores -> seeded, rank/worker-split sample stream -> cropped, padded batches (+ a task's filter)."""
+"""Training input: token stores -> seeded, rank/worker-split sample stream -> cropped, padded batches (+ a task's
+filter, + weighted mixing of several stores: `--data new:0.8 old:0.2`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import count, islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,29 @@ from .tasks import ClipFilter, Task
 
 Batch = dict[str, Any]  # codes (B, T, n_q) long, padding_mask (B, T) bool (True = valid), ids, labels
 CROPS = ("random", "start", "center")
+MIX_STREAM = 0x6D6978  # tags the seed of the per-batch store choices apart from the crop seeds
+
+
+def parse_store_weights(entries: list[str]) -> tuple[list[str], list[float] | None]:
+    """`--data` entries -> (store paths, weights normalised to sum 1, or None when no entry carries a weight).
+
+    `path:0.8` weighs a store, a bare path weighs 1. A suffix is a weight only when it parses as a float and the whole
+    entry is not an existing directory (paths may contain ':')."""
+    paths, weights = [], []
+    for entry in entries:
+        path, _, suffix = entry.rpartition(":")
+        try:
+            weight = float(suffix) if path and not Path(entry).is_dir() else None
+        except ValueError:
+            weight = None
+        if weight is not None and not (weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"--data {entry}: a store's weight must be a positive number (e.g. {path}:0.2)")
+        paths.append(entry if weight is None else path)
+        weights.append(weight)
+    if len(paths) < 2 or all(w is None for w in weights):
+        return paths, None  # one corpus: every clip of every store once per epoch
+    total = sum(1.0 if w is None else w for w in weights)
+    return paths, [(1.0 if w is None else w) / total for w in weights]
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -87,12 +112,16 @@ class TokenStream(IterableDataset):
     reads every shard and keeps every n_slots-th clip instead. Either way each clip goes to exactly one slot per epoch.
     Everything random is seeded by (seed, epoch, slot) or (seed, slot, batch index), so the stream is a pure function
     of its arguments: `start_batch=k` resumes it exactly where a run that consumed k batches of this rank stopped.
+
+    With `weights` (one per store), each store is its own stream (its own epochs) and every clip of a batch comes from
+    a store drawn with those probabilities, seeded by (seed, slot, batch index): a replayed corpus keeps its ratio,
+    and a resume counts the draws of the skipped batches to know how far into each store to skip.
     """
 
     def __init__(self, stores: list[TokenStore], split: str, batch_size: int, max_frames: int | None, pad_id: int,
                  seed: int = 0, shuffle: bool = True, loop: bool = True, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 1000, crop: str | None = None, start_batch: int = 0,
-                 codes_dtype: torch.dtype = torch.long):
+                 codes_dtype: torch.dtype = torch.long, weights: list[float] | None = None):
         super().__init__()
         self.stores, self.split, self.batch_size, self.max_frames, self.pad_id = stores, split, batch_size, max_frames, pad_id
         self.seed, self.shuffle, self.loop, self.rank, self.world_size = seed, shuffle, loop, rank, world_size
@@ -102,6 +131,12 @@ class TokenStream(IterableDataset):
         if loop and not self.shards:
             raise ValueError(f"no {split!r} shards in {[str(s.path) for s in stores]}: "
                              f"splits there are {sorted({s.split for st in stores for s in st.shards()})}")
+        self.weights, self.parts = weights, []
+        if weights is not None:
+            if len(weights) != len(stores) or not loop:
+                raise ValueError(f"weights: one per store ({len(stores)}) and only for an endless stream")
+            self.parts = [TokenStream([store], split, batch_size, max_frames, pad_id, seed, shuffle, loop, rank,
+                                      world_size, shuffle_buffer, crop, codes_dtype=codes_dtype) for store in stores]
 
     @property
     def num_samples(self) -> int:
@@ -156,15 +191,34 @@ class TokenStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         virtual = (worker + self.start_batch) % workers
         n_slots = self.world_size * workers
-        if self.loop and self.num_samples < n_slots:
-            raise ValueError(f"split {self.split!r} has {self.num_samples} clips, fewer than ranks x workers = {n_slots}: "
-                             f"use fewer processes or --num-workers")
+        for stream in self.parts or [self]:
+            if self.loop and stream.num_samples < n_slots:
+                where = f" of {stream.stores[0].path}" if self.parts else ""
+                raise ValueError(f"split {self.split!r}{where} has {stream.num_samples} clips, fewer than ranks x "
+                                 f"workers = {n_slots}: use fewer processes or --num-workers")
         return self.rank * workers + virtual, n_slots, len(range(virtual, self.start_batch, workers))
+
+    def store_choices(self, slot: int, index: int) -> np.ndarray:
+        """Which store each clip of the slot's batch `index` comes from (weighted streams)."""
+        rng = np.random.default_rng([self.seed, slot, index, MIX_STREAM])
+        return rng.choice(len(self.parts), size=self.batch_size, p=self.weights)
+
+    def mixed_chunks(self, slot: int, n_slots: int, skip_batches: int) -> Iterator[list[Sample]]:
+        """Batches of clips drawn from the per-store streams; the skipped batches' draws say how far each one is."""
+        taken = np.zeros(len(self.parts), dtype=np.int64)
+        for index in range(skip_batches):
+            taken += np.bincount(self.store_choices(slot, index), minlength=len(self.parts))
+        streams = [part.slot_samples(slot, n_slots, int(skip)) for part, skip in zip(self.parts, taken)]
+        for index in count(skip_batches):
+            yield [next(streams[k]) for k in self.store_choices(slot, index)]
 
     def __iter__(self) -> Iterator[Batch]:
         slot, n_slots, skip_batches = self.slot()
-        samples = self.slot_samples(slot, n_slots, skip_batches * self.batch_size)
-        for index, chunk in enumerate(chunked(samples, self.batch_size), start=skip_batches):
+        if self.parts:
+            chunks = self.mixed_chunks(slot, n_slots, skip_batches)
+        else:
+            chunks = chunked(self.slot_samples(slot, n_slots, skip_batches * self.batch_size), self.batch_size)
+        for index, chunk in enumerate(chunks, start=skip_batches):
             rng = np.random.default_rng([self.seed, slot, index])
             yield collate(chunk, self.max_frames, self.pad_id, self.crop, rng, self.codes_dtype)
 

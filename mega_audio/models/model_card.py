@@ -34,10 +34,17 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
 
 
 def _training_lines(meta: dict) -> list[str]:
+    if "merge" in meta:
+        m = meta["merge"]
+        vectors = " + ".join(f"{lam:g} x (`{path}` - base)" for path, lam in zip(m["models"], m["lambdas"]))
+        return [f"Merged by task arithmetic: base `{m['base']}` + {vectors}."]
     if "pretrain" in meta:
         p = meta["pretrain"]
         lines = [f"Masked-token pre-training (mask ratio {p.get('mask_ratio')}) for {p.get('step')} steps on "
                  + ", ".join(f"`{d}`" for d in p.get("data", [])) + "."]
+        if p.get("continued_from"):
+            rewarmed = " with the learning rate re-warmed" if p.get("lr_schedule", {}).get("rewarm") else ""
+            lines[0] += f" Continued from `{p['continued_from']['model']}`{rewarmed}."
         if p.get("eval"):
             lines += ["", "## Results", "", *_metrics_table({"held-out (masked tokens)": p["eval"]})]
         return lines

@@ -54,10 +54,12 @@ def make_accelerator(cpu: bool, mixed_precision: str | None, **kwargs: Any):
     return accelerator
 
 
-def cosine_lr(step: int, peak: float, warmup_steps: int, decay_steps: int, min_ratio: float = 0.1) -> float:
-    """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `decay_steps`, flat after."""
+def cosine_lr(step: int, peak: float, warmup_steps: int, decay_steps: int, min_ratio: float = 0.1,
+              warmup_from: float = 0.0) -> float:
+    """Linear warm-up from `peak * warmup_from` to `peak`, then cosine decay to `peak * min_ratio` at `decay_steps`,
+    flat after."""
     if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+        return peak * (warmup_from + (1 - warmup_from) * (step + 1) / warmup_steps)
     progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 

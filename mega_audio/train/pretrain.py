@@ -1,6 +1,6 @@
 """Masked-token pre-training with Accelerate: streamed token batches, AdamW + cosine, atomic checkpoints, exact resume.
 
-`train/pretrain.py` and `mega-audio pretrain` both run `run(PretrainConfig)`. A little over 300 lines: the config's
+`train/pretrain.py` and `mega-audio pretrain` both run `run(PretrainConfig)`. Under 400 lines: the config's
 flags and one loop that stays visible top to bottom (checkpoint files are `resume.py`, shared steps `loop.py`)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from ..config import option, to_dict
 from ..data.store import TokenStore, check_same_codec
-from ..data.stream import TokenStream, make_loader
+from ..data.stream import TokenStream, make_loader, parse_store_weights
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
@@ -41,13 +41,17 @@ from .resume import find_resume, save_training_state, weights_digest
 
 @dataclass
 class PretrainConfig:
-    data: list[str] = option([], "token store directories (one codec); several stores are read as one")
+    data: list[str] = option([], "token store directories (one codec); several stores are read as one, or mixed "
+                                 "in a fixed ratio with weights: new_store:0.8 old_store:0.2 (a bare path weighs 1)")
     output_dir: str = option("runs/pretrain", "checkpoints/, model/, tensorboard/ and debug/ go here")
     report_to: str = option("tensorboard", "experiment tracker (accelerate's): TensorBoard events in output_dir/tensorboard, "
                             "W&B, MLflow, every installed one, or none", choices=list(REPORT_TO))
     model: str = option("tiny", "model preset", choices=sorted(PRESETS))
     global_mixer: str = option("attention", "global encoder mixer", choices=list(GLOBAL_MIXERS))
     init_from: str | None = option(None, "start from the weights of an exported model dir (same codec as --data)")
+    rewarm_steps: int | None = option(None, "continual pre-training (with --init-from): re-warm the LR linearly from "
+                                            "lr * min_lr_ratio back to --lr over N steps (instead of --warmup-steps), "
+                                            "then re-decay it by cosine over the run")
     train_split: str = option("train", "split of the stores to train on")
     max_seconds: float = option(10.0, "clips are randomly cropped to this many seconds")
     batch_size: int = option(32, "clips per micro-batch per process")
@@ -94,20 +98,32 @@ def masking_options(cfg: PretrainConfig, frame_rate: float) -> dict:
     return {"unit": cfg.mask_unit, "span": span_frames(cfg.mask_span_ms, frame_rate), "start_prob": cfg.mask_start_prob}
 
 
+def lr_schedule(cfg: PretrainConfig) -> dict:
+    """The LR schedule of the run, as checkpoints and the export record it. A continual run (--rewarm-steps) warms up
+    from the floor a finished cosine ended on, not from zero."""
+    rewarm = cfg.rewarm_steps is not None
+    return {"peak": cfg.lr, "warmup_steps": cfg.rewarm_steps if rewarm else cfg.warmup_steps,
+            "warmup_from": cfg.min_lr_ratio if rewarm else 0.0, "decay_steps": cfg.decay_steps or cfg.max_steps,
+            "min_lr_ratio": cfg.min_lr_ratio, "rewarm": rewarm}
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.decay_steps or cfg.max_steps, cfg.min_lr_ratio)
+    s = lr_schedule(cfg)
+    return cosine_lr(step, s["peak"], s["warmup_steps"], s["decay_steps"], s["min_lr_ratio"], s["warmup_from"])
 
 
 # ---------------------------------------------------------------------------------------------------------
 # data and checkpoint checks
 
 
-def open_stores(paths: list[str]) -> list[TokenStore]:
-    if not paths:
+def open_stores(entries: list[str]) -> tuple[list[TokenStore], list[float] | None]:
+    """The stores of --data and their mixing weights (None: read as one corpus)."""
+    if not entries:
         raise ValueError("no --data: pass one or more token store directories (made by `mega-audio tokenize`)")
+    paths, weights = parse_store_weights(entries)
     stores = [TokenStore(p) for p in paths]
     check_same_codec(stores)
-    return stores
+    return stores, weights
 
 
 def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
@@ -166,14 +182,17 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None) -> 
     return MegaAudioFormer(model_cfg), model_cfg
 
 
-def check_init_from(cfg: PretrainConfig, codec: dict) -> None:
-    """An exported model to start from must have been trained on this codec (or at least this n_q and codebook)."""
+def check_init_from(cfg: PretrainConfig, codec: dict) -> dict:
+    """An exported model to start from must have been trained on this codec (or at least this n_q and codebook).
+    Returns what the run continues: the model dir, and the step and data it was pre-trained for."""
     header = read_checkpoint_config(cfg.init_from)
     trained = header.get("metadata", {}).get("codec")
     if trained:
         check_codec(trained, codec, cfg.init_from, cfg.data)
     else:  # an export without a codec card: only the shapes can be checked
         ModelConfig.from_dict(header["config"]).check_data(codec["n_q"], codec["codebook_size"])
+    before = header.get("metadata", {}).get("pretrain", {})
+    return {"model": cfg.init_from, "step": before.get("step"), "data": before.get("data")}
 
 
 def data_position(cfg: PretrainConfig, world: int) -> dict:
@@ -182,8 +201,10 @@ def data_position(cfg: PretrainConfig, world: int) -> dict:
             "data": cfg.data, "grad_accum": cfg.grad_accum, "max_seconds": cfg.max_seconds}
 
 
-def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], accelerator, pad_id: int, start_step: int):
-    """The endless training batches of this rank, and the held-out loader with its per-rank batch count."""
+def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], weights: list[float] | None, accelerator, pad_id: int,
+                 start_step: int):
+    """The endless training batches of this rank (stores mixed by `weights`), and the held-out loader (every store's
+    held-out clips once) with its per-rank batch count."""
     rank, world = accelerator.process_index, accelerator.num_processes
     launched = int(os.environ.get("WORLD_SIZE", world))
     if launched != world:  # e.g. a GPU launch config on a machine without GPUs: N independent runs, one output_dir
@@ -193,7 +214,7 @@ def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], accelerator, pad
     pin = accelerator.device.type == "cuda"
     common = dict(batch_size=cfg.batch_size, max_frames=max_frames, pad_id=pad_id, seed=cfg.seed, rank=rank,
                   world_size=world, codes_dtype=torch.int16)  # int16: a quarter of the bytes through workers and PCIe
-    train = TokenStream(stores, cfg.train_split, shuffle_buffer=cfg.shuffle_buffer,
+    train = TokenStream(stores, cfg.train_split, shuffle_buffer=cfg.shuffle_buffer, weights=weights,
                         start_batch=start_step * cfg.grad_accum, **common)  # skip exactly the batches this rank consumed
     batches = iter(make_loader(train, cfg.num_workers, pin_memory=pin))
     split = pick_eval_split(stores, cfg.eval_split) if cfg.eval_every >= 0 else None
@@ -238,11 +259,15 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     start_time = time.time()
-    stores = open_stores(cfg.data)
+    stores, weights = open_stores(cfg.data)
     codec, output_dir = stores[0].card["codec"], Path(cfg.output_dir)
+    if cfg.rewarm_steps is not None and not cfg.init_from:
+        raise ValueError("--rewarm-steps re-warms a pre-trained model: pass --init-from MODEL_DIR too (or use "
+                         "--warmup-steps for a fresh run)")
     resume_from, resume_state = find_resume(cfg.output_dir, cfg.resume, codec, cfg.data)
+    continued_from = resume_state.get("continued_from") if resume_state else None
     if cfg.init_from and resume_from is None:
-        check_init_from(cfg, codec)
+        continued_from = check_init_from(cfg, codec)
 
     accelerator = make_accelerator(cfg.cpu, cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                    dynamo_backend="inductor" if cfg.compile else None,
@@ -265,7 +290,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             warnings.warn(f"resuming with {data_position(cfg, world)} instead of {then}: the run goes on, but its data "
                           f"order differs from an uninterrupted run")
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
-    batches, eval_loader, n_eval = make_loaders(cfg, stores, accelerator, model_cfg.pad_id, start_step)
+    batches, eval_loader, n_eval = make_loaders(cfg, stores, weights, accelerator, model_cfg.pad_id, start_step)
     # evaluation runs the bare model (no DDP hooks, so ranks need not agree on batch counts); FSDP needs the wrapper
     eval_model = model if accelerator.distributed_type == "FSDP" else accelerator.unwrap_model(model, keep_torch_compile=False)
 
@@ -316,7 +341,8 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             eval_metrics = run_eval(done)
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.max_steps:
             state = {"step": done, "batches_per_rank": done * cfg.grad_accum, "frames_seen": frames_seen * world,
-                     "loss": last_loss, "codec": codec, "model": model_cfg.to_dict(), **data_position(cfg, world)}
+                     "loss": last_loss, "codec": codec, "model": model_cfg.to_dict(), "lr_schedule": lr_schedule(cfg),
+                     "continued_from": continued_from, **data_position(cfg, world)}
             save_training_state(accelerator, output_dir, state, cfg.keep_checkpoints)
     bar.close()
 
@@ -324,12 +350,13 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     if eval_loader is not None and (not eval_metrics or cfg.eval_every <= 0 or end_step % cfg.eval_every):
         eval_metrics = run_eval(end_step)
     total_frames = accelerator.reduce(torch.tensor(float(frames_seen), device=accelerator.device), reduction="sum").item()
-    export_dir = export(accelerator, model, model_cfg, output_dir, codec, cfg, end_step, eval_metrics)
+    export_dir = export(accelerator, model, model_cfg, output_dir, codec, cfg, end_step, eval_metrics, continued_from)
     if debug:
         digest = weights_digest(accelerator.unwrap_model(model))  # the test checks every rank ends equal
         debug.write(json.dumps({"final": True, "step": end_step, "weights": digest}) + "\n")
         debug.close()
     stats = {"steps": end_step, "loss": last_loss, "eval": eval_metrics, "processes": world, "model_dir": str(export_dir),
+             "continued_from": continued_from and continued_from["model"],
              "audio_hours": total_frames / codec["frame_rate"] / 3600, "wall_s": time.time() - start_time}
     accelerator.print(pretrain_summary(stats))
     accelerator.end_training()
@@ -337,7 +364,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: dict, cfg: PretrainConfig, step: int,
-           eval_metrics: dict) -> Path:
+           eval_metrics: dict, continued_from: dict | None = None) -> Path:
     """model.safetensors + config.json for fine-tuning; the codec card rides along so downstream tasks can check it."""
     state = accelerator.get_state_dict(model)  # the full weights on the main process (gathers FSDP shards)
     export_dir = output_dir / "model"
@@ -347,7 +374,7 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
         exported.save_pretrained(export_dir, metadata={"codec": codec, "pretrain": {
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
             "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
-            "eval": eval_metrics}})
+            "lr_schedule": lr_schedule(cfg), "continued_from": continued_from, "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
 
@@ -356,5 +383,7 @@ def pretrain_summary(stats: dict[str, Any]) -> str:
     loss = "n/a" if stats["loss"] is None else f"{stats['loss']:.4f}"
     ev = stats["eval"]
     evaluation = f"eval loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" if ev else "no eval"
-    return (f"pretrain: {stats['steps']} steps on {stats['processes']} process(es), final loss {loss}, {evaluation}, "
+    continued = stats.get("continued_from")
+    steps = f"{stats['steps']} steps" + (f" (continued from {continued})" if continued else "")
+    return (f"pretrain: {steps} on {stats['processes']} process(es), final loss {loss}, {evaluation}, "
             f"{stats['audio_hours']:.3f} audio-hours seen, {stats['wall_s']:.0f} s wall -> {stats['model_dir']}")
