@@ -23,6 +23,10 @@ def tiny(n_q: int = 4, **overrides) -> ModelConfig:
     return model_config("tiny", n_q=n_q, codebook_size=CODEBOOK, **overrides)
 
 
+# every global encoder: (block, mixer)
+GLOBAL_ENCODERS = [(block, mixer) for block in ("transformer", "branchformer") for mixer in ("attention", "summary_mixing")]
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Tiny ops gain nothing from threads, and spinning threads crawl when other jobs share the cores."""
@@ -70,10 +74,10 @@ def _pad_with_garbage(codes: torch.Tensor, extra: int) -> tuple[torch.Tensor, to
     return padded, padding_mask
 
 
-@pytest.mark.parametrize("mixer", ["attention", "summary_mixing"])
+@pytest.mark.parametrize("block,mixer", GLOBAL_ENCODERS)
 @pytest.mark.parametrize("model_cls", [MegaAudioFormer, FlatTransformer])
-def test_appending_padded_frames_leaves_outputs_of_valid_frames_unchanged(model_cls, mixer):
-    model = model_cls(tiny(n_q=4, global_mixer=mixer)).eval()
+def test_appending_padded_frames_leaves_outputs_of_valid_frames_unchanged(model_cls, block, mixer):
+    model = model_cls(tiny(n_q=4, global_mixer=mixer, global_block=block)).eval()
     clip = random_codes(1, 6, 4)
     long_clip = random_codes(1, 9, 4, seed=1)  # batch-mate with no padding, so the mask really is used
     padded, padding_mask = _pad_with_garbage(clip, extra=3)
@@ -86,13 +90,25 @@ def test_appending_padded_frames_leaves_outputs_of_valid_frames_unchanged(model_
     torch.testing.assert_close(batched[1:], model(long_clip)[0].detach(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("mixer", ["attention", "summary_mixing"])
-def test_classifier_embedding_ignores_padded_frames(mixer):
-    classifier = AudioClassifier(tiny(global_mixer=mixer), n_classes=3).eval()
+@pytest.mark.parametrize("block,mixer", GLOBAL_ENCODERS)
+def test_classifier_embedding_ignores_padded_frames(block, mixer):
+    classifier = AudioClassifier(tiny(global_mixer=mixer, global_block=block), n_classes=3).eval()
     clip = random_codes(1, 6, 4)
     padded, padding_mask = _pad_with_garbage(clip, extra=5)
     with torch.no_grad():
         torch.testing.assert_close(classifier.embed(padded, padding_mask), classifier.embed(clip), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block,mixer", GLOBAL_ENCODERS)
+def test_shuffling_the_frames_of_a_clip_changes_its_embedding_for_every_global_encoder(block, mixer):
+    classifier = AudioClassifier(tiny(global_mixer=mixer, global_block=block), n_classes=3).eval()
+    clip = random_codes(1, 40, 4)
+    shuffled = clip[:, torch.randperm(40, generator=torch.Generator().manual_seed(0))]
+    padded, padding_mask = _pad_with_garbage(shuffled, extra=7)  # order matters, padding still does not
+    with torch.no_grad():
+        embedding, shuffled_embedding = classifier.embed(clip), classifier.embed(shuffled)
+        torch.testing.assert_close(classifier.embed(padded, padding_mask), shuffled_embedding, atol=1e-5, rtol=0)
+    assert not torch.allclose(embedding, shuffled_embedding, atol=1e-3)  # a set function would give exactly equal
 
 
 def test_summary_mixing_mixes_valid_frames_but_ignores_padded_ones():
@@ -369,8 +385,8 @@ def test_classifier_from_pretraining_checkpoint_needs_n_classes(tmp_path):
 def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden):
     codes = random_codes(2, 5, 4)
     models = [
-        MegaAudioFormer(tiny(global_mixer="summary_mixing")),
-        FlatTransformer(tiny()),
+        MegaAudioFormer(tiny(global_mixer="summary_mixing", global_block="branchformer")),
+        FlatTransformer(tiny(global_mixer="summary_mixing")),
         AudioClassifier(tiny(), n_classes=4, multi_label=multi_label, hidden=hidden),
     ]
     for i, model in enumerate(models):
@@ -434,6 +450,8 @@ def test_config_round_trips_and_bad_configs_name_the_fix():
         model_config("tiny", n_q=2, codebook_size=CODEBOOK, d_globl=64)
     with pytest.raises(ValueError, match="global_mixer"):
         tiny(global_mixer="mamba")
+    with pytest.raises(ValueError, match="global_block"):
+        tiny(global_block="conformer")
     with pytest.raises(ValueError, match="head dim"):
         tiny(n_global_heads=3)
     with pytest.raises(ValueError, match="tokenize at the model's bitrate"):

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 GLOBAL_MIXERS = ("attention", "summary_mixing")
+GLOBAL_BLOCKS = ("transformer", "branchformer")
 
 
 @dataclass
@@ -22,10 +23,14 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     global_mixer: str = "attention"  # or "summary_mixing" (linear in the number of frames)
+    global_block: str = "transformer"  # or "branchformer" (the mixer and a cgMLP in parallel)
+    conv_kernel: int = 31  # frames seen by the depthwise convs of summary_mixing and branchformer blocks (~0.4 s)
 
     def __post_init__(self):
         if self.global_mixer not in GLOBAL_MIXERS:
             raise ValueError(f"global_mixer={self.global_mixer!r}: use one of {GLOBAL_MIXERS}")
+        if self.global_block not in GLOBAL_BLOCKS:
+            raise ValueError(f"global_block={self.global_block!r}: use one of {GLOBAL_BLOCKS}")
         for width, heads, name in [(self.d_global, self.n_global_heads, "global"), (self.d_local, self.n_local_heads, "local")]:
             if width % heads or (width // heads) % 2:
                 raise ValueError(f"d_{name}={width} with n_{name}_heads={heads}: the head dim must be a whole, even number (rotary)")

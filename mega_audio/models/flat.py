@@ -24,7 +24,7 @@ class FlatTransformer(Pretrained, nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = Encoder(
             config.d_global, config.n_global_layers, config.n_global_heads, config.mlp_ratio, config.dropout,
-            mixer=config.global_mixer,
+            mixer=config.global_mixer, block=config.global_block, conv_kernel=config.conv_kernel,
         )
         self.heads = LevelHeads(config.n_q, config.d_global, config.codebook_size)
         init_weights(self, config.n_global_layers)

@@ -75,7 +75,10 @@ class SelfAttention(nn.Module):
 
 class SummaryMixing(nn.Module):
     """Linear-time SummaryMixing (Parcollet et al. 2023): each frame sees itself and the mean of all
-    valid frames, so cost grows linearly with length and padded frames change nothing."""
+    valid frames, so cost grows linearly with length and padded frames change nothing.
+
+    A mean is blind to order: alone, this mixer is a set function (it takes `rope` only to share the mixers'
+    signature). Both blocks that use it therefore carry a depthwise convolution over frames."""
 
     def __init__(self, dim: int, dropout: float = 0.0):
         super().__init__()
@@ -90,6 +93,65 @@ class SummaryMixing(nn.Module):
         return self.resid_dropout(self.out_proj(torch.cat([self.local(x), summary], dim=-1)))
 
 
+def make_mixer(mixer: str, dim: int, n_heads: int, dropout: float) -> nn.Module:
+    if mixer == "attention":
+        return SelfAttention(dim, n_heads, dropout)
+    if mixer == "summary_mixing":
+        return SummaryMixing(dim, dropout)
+    raise ValueError(f"unknown mixer {mixer!r}: use 'attention' or 'summary_mixing'")
+
+
+class DepthwiseConv(nn.Module):
+    """One filter per channel over the sequence, x (B, L, C) -> (B, L, C). Padded positions are zeroed first, so
+    a valid frame next to padding sees exactly the zeros it would see at the end of the same clip unpadded."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"conv kernel {kernel} must be odd, so that it is centred on its frame")
+        self.conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        if valid is not None:
+            x = x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvModule(nn.Module):
+    """Conformer's convolution module (Gulati et al. 2020) without its BatchNorm, whose statistics would mix in
+    padded frames: pointwise to 2D + GLU -> depthwise conv over frames -> GELU -> pointwise back to D."""
+
+    def __init__(self, dim: int, kernel: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, 2 * dim)
+        self.depthwise = DepthwiseConv(dim, kernel)
+        self.out_proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.dropout(self.out_proj(F.gelu(self.depthwise(F.glu(self.fc(x), dim=-1), valid))))
+
+
+class ConvGatingMLP(nn.Module):
+    """cgMLP (Sakuma et al. 2021; Branchformer's local branch): channel up-projection + GELU, then convolutional
+    spatial gating (half of the channels, normed and filtered over frames by a depthwise conv, gate the other
+    half), then down-projection."""
+
+    def __init__(self, dim: int, ratio: int, kernel: int, dropout: float = 0.0):
+        super().__init__()
+        hidden = ratio * dim
+        self.fc = nn.Linear(dim, hidden)
+        self.gate_norm = nn.LayerNorm(hidden // 2)
+        self.gate_conv = DepthwiseConv(hidden // 2, kernel)
+        self.out_proj = nn.Linear(hidden // 2, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        content, gate = F.gelu(self.fc(x)).chunk(2, dim=-1)
+        gate = self.gate_conv(self.gate_norm(gate), valid)
+        return self.dropout(self.out_proj(content * gate))
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, ratio: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -102,32 +164,65 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block whose token mixer is attention or SummaryMixing."""
+    """Pre-norm Transformer block whose token mixer is attention or SummaryMixing.
 
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0, mixer: str = "attention"):
+    With SummaryMixing the block also gets a convolution module after the mixer, as in the Conformer that
+    SummaryMixing was introduced in (Parcollet et al. 2023) and the Conformer / Branchformer encoders of every
+    SummaryMixing paper since: the summary carries global context, the depthwise convolution carries local order,
+    which a mean over frames cannot (without it, shuffling the frames of a clip left its embedding unchanged)."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0, mixer: str = "attention",
+                 conv_kernel: int = 31):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        if mixer == "attention":
-            self.mixer = SelfAttention(dim, n_heads, dropout)
-        elif mixer == "summary_mixing":
-            self.mixer = SummaryMixing(dim, dropout)
-        else:
-            raise ValueError(f"unknown mixer {mixer!r}: use 'attention' or 'summary_mixing'")
+        self.mixer = make_mixer(mixer, dim, n_heads, dropout)
+        self.conv = None
+        if mixer == "summary_mixing":
+            self.conv_norm, self.conv = nn.LayerNorm(dim), ConvModule(dim, conv_kernel, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, rope: Rope, valid: torch.Tensor | None) -> torch.Tensor:
         x = x + self.mixer(self.norm1(x), rope, valid)
+        if self.conv is not None:
+            x = x + self.conv(self.conv_norm(x), valid)
         return x + self.mlp(self.norm2(x))
+
+
+class BranchformerBlock(nn.Module):
+    """Branchformer (Peng et al. 2022): a global branch (attention or SummaryMixing) and a local cgMLP branch run in
+    parallel on the pre-normed input, concatenated and projected back (the paper's concat merge), one residual.
+    The cgMLP is the block's feed-forward part and its depthwise convolution carries local order."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0, mixer: str = "attention",
+                 conv_kernel: int = 31):
+        super().__init__()
+        self.global_norm, self.local_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mixer = make_mixer(mixer, dim, n_heads, dropout)
+        self.cgmlp = ConvGatingMLP(dim, mlp_ratio, conv_kernel, dropout)
+        self.merge = nn.Linear(2 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, valid: torch.Tensor | None) -> torch.Tensor:
+        global_branch = self.mixer(self.global_norm(x), rope, valid)
+        local_branch = self.cgmlp(self.local_norm(x), valid)
+        return x + self.dropout(self.merge(torch.cat([global_branch, local_branch], dim=-1)))
+
+
+BLOCKS = {"transformer": Block, "branchformer": BranchformerBlock}
 
 
 class Encoder(nn.Module):
     """A stack of blocks with rotary positions 0..L-1 and a final norm: x (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, dim: int, depth: int, n_heads: int, mlp_ratio: int, dropout: float, mixer: str = "attention"):
+    def __init__(self, dim: int, depth: int, n_heads: int, mlp_ratio: int, dropout: float, mixer: str = "attention",
+                 block: str = "transformer", conv_kernel: int = 31):
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}: use one of {sorted(BLOCKS)}")
         self.rotary = Rotary(dim // n_heads)
-        self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio, dropout, mixer) for _ in range(depth))
+        self.blocks = nn.ModuleList(BLOCKS[block](dim, n_heads, mlp_ratio, dropout, mixer, conv_kernel)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, all_layers: bool = False):

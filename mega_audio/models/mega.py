@@ -25,7 +25,7 @@ class GlobalEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = Encoder(
             config.d_global, config.n_global_layers, config.n_global_heads, config.mlp_ratio, config.dropout,
-            mixer=config.global_mixer,
+            mixer=config.global_mixer, block=config.global_block, conv_kernel=config.conv_kernel,
         )
 
     def embed(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:

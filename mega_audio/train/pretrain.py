@@ -22,7 +22,7 @@ from ..data.store import TokenStore, check_same_codec
 from ..data.stream import TokenStream, make_loader, parse_store_weights
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
-from ..models.config import GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
+from ..models.config import GLOBAL_BLOCKS, GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
 from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, span_frames
 from ..models.mega import MegaAudioFormer
 from .loop import (
@@ -48,6 +48,9 @@ class PretrainConfig:
                             "W&B, MLflow, every installed one, or none", choices=list(REPORT_TO))
     model: str = option("tiny", "model preset", choices=sorted(PRESETS))
     global_mixer: str = option("attention", "global encoder mixer", choices=list(GLOBAL_MIXERS))
+    global_block: str = option("transformer", "global encoder block: transformer (mixer then MLP) or branchformer "
+                                              "(mixer and a convolutional gating MLP in parallel)",
+                               choices=list(GLOBAL_BLOCKS))
     init_from: str | None = option(None, "start from the weights of an exported model dir (same codec as --data)")
     rewarm_steps: int | None = option(None, "continual pre-training (with --init-from): re-warm the LR linearly from "
                                             "lr * min_lr_ratio back to --lr over N steps (instead of --warmup-steps), "
@@ -178,7 +181,8 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None) -> 
     if cfg.init_from:
         model = MegaAudioFormer.from_pretrained(cfg.init_from)
         return model, model.config
-    model_cfg = model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer)
+    model_cfg = model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
+                             global_block=cfg.global_block)
     return MegaAudioFormer(model_cfg), model_cfg
 
 
