@@ -1,6 +1,8 @@
-"""Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run."""
+"""Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run,
+and of Mega-AudioFormer with its other global encoders (SummaryMixing, Branchformer)."""
 
 import argparse
+import math
 import os
 import platform
 import time
@@ -20,7 +22,17 @@ HERE = Path(__file__).resolve().parent
 
 FRAME_RATE = 75  # Encodec 24 kHz frames per second
 CODEBOOK = 1024
-MODELS = {"mega": MegaAudioFormer, "flat": FlatTransformer}
+# name -> (model class, global encoder); "mega" and "flat" are the main comparison, the others are Mega-AudioFormer
+# with another global encoder, timed in the same interleaved loop
+MODELS = {
+    "mega": (MegaAudioFormer, {}),
+    "flat": (FlatTransformer, {}),
+    "summary": (MegaAudioFormer, dict(global_mixer="summary_mixing")),
+    "branchformer": (MegaAudioFormer, dict(global_block="branchformer")),
+    "branchformer_summary": (MegaAudioFormer, dict(global_block="branchformer", global_mixer="summary_mixing")),
+}
+VARIANT_NAMES = {"mega": "transformer + attention (Mega-AudioFormer)", "summary": "transformer + SummaryMixing",
+                 "branchformer": "Branchformer + attention", "branchformer_summary": "Branchformer + SummaryMixing"}
 # The base preset's shape at 1/6 of its width and 1/2 of its depth: the global:local ratios of depth (6:1) and
 # width (2:1) and the head dim (64) are base's, so the memory ratio tracks base's. A flat base model needs
 # ~22 TFLOP per step at 12 kbps / 10 s (~160 at 30 s): hours on a 2-core CPU; this fits the run in minutes.
@@ -30,7 +42,12 @@ CPU_SCALED = dict(d_token=64, d_global=128, n_global_heads=2, n_global_layers=6,
 def build(spec: dict):
     overrides = CPU_SCALED if spec["preset"] == "cpu-scaled" else {}
     preset = "base" if spec["preset"] == "cpu-scaled" else spec["preset"]
-    return model_config(preset, n_q=spec["n_q"], codebook_size=CODEBOOK, **overrides)
+    encoder = MODELS[spec.get("model", "mega")][1]
+    return model_config(preset, n_q=spec["n_q"], codebook_size=CODEBOOK, **overrides, **encoder)
+
+
+def build_model(spec: dict):
+    return MODELS[spec["model"]][0](build(spec))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -56,7 +73,7 @@ class Trainee:
         torch.manual_seed(0)
         self.device = torch.device(spec["device"])
         config = build(spec)
-        self.model = MODELS[spec["model"]](config).to(self.device)
+        self.model = build_model(spec).to(self.device)
         codes = torch.randint(0, CODEBOOK, (spec["batch"], spec["frames"], spec["n_q"]), device=self.device)
         generator = torch.Generator(self.device).manual_seed(0)
         self.inputs, self.targets = mask_tokens(codes, None, generator=generator, mask_id=config.mask_id)
@@ -110,12 +127,19 @@ def compare(spec: dict, repeats: int, min_seconds: float, max_seconds: float) ->
     return {name: trainee.result() for name, trainee in trainees.items()}
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, _transposed,
+                        _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """torch's formula for a convolution's backward ignores groups: it counts a depthwise conv over C channels C times
+    over. Each of the input and weight gradients costs what the forward does: 2 x outputs x (C_in / groups x kernel)."""
+    return 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:]) * sum(output_mask[:2])
+
+
 def count_flops(spec: dict) -> int:
     """fwd+bwd FLOPs counted on meta tensors (no compute), output heads on every token."""
     with torch.device("meta"):
-        model = MODELS[spec["model"]](build(spec))
+        model = build_model(spec)
         codes = torch.randint(0, CODEBOOK, (spec["batch"], spec["frames"], spec["n_q"]))
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as counter:
         logits, _ = model(codes)
         logits.float().mean().backward()
     return counter.get_total_flops()
@@ -132,7 +156,7 @@ def estimate_peak_bytes(spec: dict) -> int | None:
     except ImportError:  # private API: skip the estimate rather than fail the bench
         return None
     with FakeTensorMode():
-        model = MODELS[spec["model"]](build(spec))
+        model = build_model(spec)
         codes = torch.randint(0, CODEBOOK, (spec["batch"], spec["frames"], spec["n_q"]))
         tracker = MemTracker()
         tracker.track_external(model, codes)
@@ -185,12 +209,14 @@ def main() -> None:
             row = dict(kbps=kbps, seconds=seconds, frames=frames, n_q=n_q, **compare(spec, args.repeats, args.min_seconds, args.max_seconds))
             for name in MODELS:
                 flops = dict(spec, model=name)
-                base_bytes = estimate_peak_bytes(dict(flops, preset="base", device="cpu"))
+                main_pair = name in ("mega", "flat")  # the memory estimate is for the main table only
+                base_bytes = estimate_peak_bytes(dict(flops, preset="base", device="cpu")) if main_pair else None
                 row[name].update(tflops=count_flops(flops) / 1e12, base_tflops=count_flops(dict(flops, preset="base")) / 1e12,
                                  base_estimated_mb=None if base_bytes is None else base_bytes / 2**20)
             rows.append(row)
-            print(f"{kbps:>4} kbps {seconds:>5} s: Mega {row['mega']['ms']:8.0f} ms {row['mega']['peak_mb']:7.0f} MB | "
-                  f"flat {row['flat']['ms']:8.0f} ms {row['flat']['peak_mb']:7.0f} MB  ({time.time() - started:.0f} s)", flush=True)
+            print(f"{kbps:>4} kbps {seconds:>5} s: " + " | ".join(f"{name} {row[name]['ms']:.0f} ms {row[name]['peak_mb']:.0f} MB"
+                                                                for name in MODELS) + f"  ({time.time() - started:.0f} s)",
+                  flush=True)
     config = build(dict(preset=args.preset, n_q=16))
     results = dict(
         device=args.device, device_name=torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
@@ -294,9 +320,35 @@ def write(results: dict, out: Path) -> None:
             base_flops = target["flat"]["base_tflops"] / target["mega"]["base_tflops"]
             lines[-1] += (f" Base preset: {base_flops:.1f}x fewer FLOPs and an estimated {base_memory:.1f}x less memory "
                           f"({verdict(base_memory >= 5)}).")
+    lines += variant_table(rows)
     lines += ["", f"Raw numbers (for a cost-vs-length plot): `{out.with_suffix('.json').name}`.", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def variant_table(rows: list[dict]) -> list[str]:
+    """Mega-AudioFormer with each global encoder, timed in the same loop as the table above (the flat model for scale)."""
+    names = [name for name in VARIANT_NAMES if all(name in r for r in rows)]
+    if len(names) < 2:
+        return []
+    lines = [
+        "", "## Global encoders: attention, SummaryMixing, Branchformer", "",
+        "The same step for Mega-AudioFormer with each global encoder (`global_block` x `global_mixer`; the local encoder "
+        "is the same), timed in the same interleaved loop as the table above. SummaryMixing costs linear time in the "
+        "number of frames: each frame sees the mean of all frames instead of attending to each. Branchformer runs the "
+        "mixer and a convolutional gating MLP in parallel. Parameters and the base preset's FLOPs are counted; ms and "
+        "MB are measured on the timed preset.", "",
+        "| kbps | clip | " + " | ".join(f"{VARIANT_NAMES[n]} ms / MB" for n in names) + " | flat ms / MB |",
+        "|---:|---:|" + "---:|" * (len(names) + 1),
+    ]
+    for r in rows:
+        cells = [f"{r[n]['ms']:,.0f} / {r[n]['peak_mb']:,.1f}" for n in [*names, "flat"]]
+        lines.append(f"| {r['kbps']:g} | {r['seconds']:g} s | " + " | ".join(cells) + " |")
+    longest = max(rows, key=lambda r: (r["kbps"], r["seconds"]))
+    lines += ["", "| global encoder | parameters (timed preset, 12 kbps) | base TFLOP at "
+                  f"{longest['kbps']:g} kbps / {longest['seconds']:g} s |", "|---|---:|---:|"]
+    lines += [f"| {VARIANT_NAMES[n]} | {longest[n]['params']:,} | {longest[n]['base_tflops']:.2f} |" for n in names]
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Codecs: token shapes, determinism, weight routes (HF dir / Meta .th), streaming and bounded memory."""
 
+import hashlib
 import json
 import math
 import os
@@ -155,6 +156,28 @@ def test_bestrq_fingerprint_is_bitrate_independent_and_low_bitrate_codes_are_a_p
     low, high = load_codec("bestrq", 1.5, device="cpu"), load_codec("bestrq", 12.0, device="cpu")
     assert low.fingerprint == high.fingerprint
     assert np.array_equal(low.encode(clips[:1])[0], high.encode(clips[:1])[0][:, :2])
+
+
+def test_bestrq_8192_codes_and_per_feature_normalisation_give_valid_codes_and_their_own_fingerprints(clips):
+    from mega_audio.codecs.bestrq import LATER_DEFAULTS, BestRQCodec
+
+    codecs = {(size, norm): load_codec("bestrq", 12.0, device="cpu", codebook_size=size, normalize=norm)
+              for size in (1024, 8192) for norm in ("clip", "feature")}
+    codes = {key: np.concatenate(codec.encode(clips)) for key, codec in codecs.items()}
+    for (size, norm), c in codes.items():
+        assert c.dtype == np.int16 and c.shape[1] == 16 and c.min() >= 0 and c.max() < size
+        assert codecs[size, norm].card()["codebook_size"] == size and codecs[size, norm].card()["normalize"] == norm
+    assert (codes[8192, "clip"] >= 1024).mean() > 0.5  # the codes beyond the first 1024 are used
+    assert agreement(codes[1024, "clip"], codes[1024, "feature"]) < 0.5  # another input, other codes
+    assert len({codec.fingerprint for codec in codecs.values()}) == 4  # stores of different options never mix
+    # the default keeps the fingerprint of the recipe before these options existed: old stores still mix with new
+    default = codecs[1024, "clip"]
+    before = {k: v for k, v in default.params().items() if k not in LATER_DEFAULTS}
+    assert default.fingerprint == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    with pytest.raises(ValueError, match="8192"):
+        BestRQCodec(1.5, codebook_size=4096)
+    with pytest.raises(ValueError, match="--codec bestrq"):
+        load_codec("encodec", 1.5, codebook_size=8192)
 
 
 def test_codec_card_carries_what_a_token_store_needs():

@@ -354,6 +354,36 @@ def test_tiny_model_overfits_one_small_batch_to_near_zero_loss():
     assert loss.item() < 0.05 and accuracy.item() == 1.0
 
 
+def test_mel_loss_on_masked_frames_decreases_on_a_learnable_toy():
+    config = model_config("tiny", n_q=2, codebook_size=16, global_block="branchformer", global_mixer="summary_mixing",
+                          mel_bins=8)
+    model = MegaAudioFormer(config)
+    codes = random_codes(2, 60, 2, codebook=16)
+    padding_mask = torch.arange(60)[None] < torch.tensor([[60], [45]])
+    t = torch.arange(60, dtype=torch.float32)[None, :, None]
+    features = torch.sin(0.2 * t + torch.arange(8) + torch.tensor([0.0, 1.5])[:, None, None]).half()  # smooth in time
+    inputs, targets = mask_tokens(codes, padding_mask, 0.3, torch.Generator().manual_seed(0), mask_id=config.mask_id,
+                                  unit="span", span=5)
+
+    def mel() -> torch.Tensor:
+        return model.masked_mel_loss(model.global_encoder(inputs, padding_mask), features, targets, padding_mask)
+
+    with torch.no_grad():
+        first_mel, (_, first_total) = mel().item(), model(inputs, padding_mask, targets, features, mel_weight=2.0)
+        mlm_only = model(inputs, padding_mask, targets)[1]
+    torch.testing.assert_close(first_total, mlm_only + 2.0 * first_mel)  # the loss adds weight x the mel MSE
+    optimizer = model.configure_optimizers(weight_decay=0.0, lr=3e-3)
+    for _ in range(80):
+        _, loss = model(inputs, padding_mask, targets, features, mel_weight=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert mel().item() < 0.3 * first_mel
+    with pytest.raises(ValueError, match="mel_bins"):
+        MegaAudioFormer(tiny())(inputs[..., :4].repeat(1, 1, 2), None, targets.repeat(1, 1, 2), features)
+
+
 def test_classifier_from_checkpoint_has_exactly_the_global_weights_and_no_local_encoder(tmp_path):
     pretrained = MegaAudioFormer(tiny(n_q=4))
     pretrained.save_pretrained(tmp_path / "ckpt")

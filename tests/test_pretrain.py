@@ -19,7 +19,7 @@ from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
 from mega_audio.models.checkpoint import read_checkpoint_config
 from mega_audio.models.mega import MegaAudioFormer
-from mega_audio.train.pretrain import PretrainConfig, lr_at, run
+from mega_audio.train.pretrain import RECIPES, PretrainConfig, lr_at, run
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "train" / "pretrain.py")
@@ -189,6 +189,28 @@ def test_stores_of_different_codecs_are_not_mixed(small_store, tmp_path):
         run(PretrainConfig(data=[str(small_store), str(other)], output_dir=str(tmp_path / "run"), cpu=True))
 
 
+def test_a_mel_loss_on_a_store_without_features_is_refused_with_the_fix(small_store, tmp_path):
+    with pytest.raises(ValueError, match=r"has none: re-tokenize it with --store-features logmel"):
+        run(PretrainConfig(data=[str(small_store)], output_dir=str(tmp_path / "run"), cpu=True, mel_loss_weight=0.5))
+
+
+def test_linear_complexity_preset_trains_on_bestrq_8192_codes_with_a_mel_loss(tmp_path):
+    store = build_token_store(tmp_path / "data", per_class=3, codebook_size=8192, bestrq_norm="feature",
+                              store_features="logmel")
+    out = tmp_path / "run"
+    result = run_script(*train_args(store, out, "--preset", "orfium-linear", "--model", "tiny", "--max-steps", "3",
+                                    "--num-workers", "2", "--eval-every", "-1", "--mixed-precision", "no"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = read_checkpoint_config(out / "model")
+    config, recipe = header["config"], header["metadata"]["pretrain"]
+    assert (config["global_block"], config["global_mixer"], config["codebook_size"], config["mel_bins"]) == \
+        ("branchformer", "summary_mixing", 8192, 80)
+    assert (recipe["mask_unit"], recipe["mask_ratio"], recipe["mask_span_ms"], recipe["mel_loss_weight"]) == \
+        ("span", 0.2, 400.0, 1.0)
+    steps, _ = debug_records(out)
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+
+
 def test_existing_checkpoints_are_never_overwritten_without_resume(small_store, reference_run):
     with pytest.raises(ValueError, match="pass --resume"):
         run(PretrainConfig(data=[str(small_store)], output_dir=str(reference_run), cpu=True))
@@ -255,9 +277,14 @@ def test_rewarm_without_a_model_to_continue_is_refused(small_store, tmp_path):
 def test_example_configs_use_real_field_names_and_valid_accelerate_keys():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    for name in ("pretrain_tiny.yaml", "pretrain_base.yaml"):
+    for name in ("pretrain_tiny.yaml", "pretrain_base.yaml", "pretrain_linear.yaml"):
         cfg = parse_config(PretrainConfig, ["--config", str(CONFIGS / name), "--data", "s"])
         assert cfg.max_seconds == 10.0 and cfg.data == ["s"]
+    linear = parse_config(PretrainConfig, ["--config", str(CONFIGS / "pretrain_linear.yaml")])
+    recipe = RECIPES["orfium-linear"]
+    for field in ("model", "global_block", "global_mixer", "mask_unit", "mask_span_ms", "mask_ratio", "mask_start_prob",
+                  "mel_loss_weight"):
+        assert getattr(linear, field) == getattr(recipe, field), field  # the YAML is the preset as a file
     for name in ("cpu_2proc.yaml", "one_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml", "fsdp.yaml"):
         config = load_config_from_file(str(CONFIGS / name))
         assert config.num_processes >= 1, name

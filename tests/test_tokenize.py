@@ -9,10 +9,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from audio_trees import write_folder_tree, write_gtzan_tree
 
+from mega_audio.codecs.logmel import LogMel
+from mega_audio.data.audio import load_audio
 from mega_audio.data.manifest import read_manifest
 from mega_audio.data.store import TokenStore, list_shards, read_shard
+from mega_audio.data.stream import collate
 from mega_audio.data.tokenize import TokenizeConfig, tokenize
 
 
@@ -83,6 +87,43 @@ def test_a_store_refuses_tokens_of_another_codec(tmp_path):
     tokenize(config(tmp_path, bitrate=1.5))
     with pytest.raises(ValueError, match="another codec"):
         tokenize(config(tmp_path, bitrate=12.0))
+
+
+def test_logmel_features_round_trip_through_both_store_formats_aligned_with_the_codes(tmp_path):
+    write_folder_tree(tmp_path / "audio", per_label=2, seconds=0.7)
+    stores = {}
+    for fmt in ("wds", "zarr"):
+        tokenize(config(tmp_path, format=fmt, out=str(tmp_path / fmt), store_features="logmel"))
+        stores[fmt] = {meta["id"]: (codes, meta) for codes, meta in TokenStore(tmp_path / fmt).iter_samples()}
+    manifest = {c.id: c for c in read_manifest(tmp_path / "wds" / "manifest.jsonl")}
+    log_mel = LogMel()
+    assert stores["wds"].keys() == stores["zarr"].keys() == manifest.keys()
+    for clip_id, (codes, meta) in stores["wds"].items():
+        features = meta["logmel"]
+        assert features.dtype == np.float16 and features.shape == (len(codes), 80)  # one mel frame per code frame
+        wave = torch.from_numpy(load_audio(manifest[clip_id].path, 24000))
+        np.testing.assert_array_equal(features, log_mel(wave, len(codes)).half().numpy())  # the stored frames, exactly
+        zarr_codes, zarr_meta = stores["zarr"][clip_id]
+        np.testing.assert_array_equal(zarr_meta["logmel"], features)
+        np.testing.assert_array_equal(zarr_codes, codes)
+    card = TokenStore(tmp_path / "zarr").card["features"]["logmel"]
+    assert card["n_mels"] == 80 and card["dtype"] == "float16" and card["mb_per_hour"] == 43.2  # 80 x 2 B x 75 x 3600
+
+    batch = collate(list(stores["zarr"].values())[:3], max_frames=20, pad_id=1025, rng=np.random.default_rng(0))
+    for i, clip_id in enumerate(batch["ids"]):  # the crop window of the codes is the window of the features
+        codes, meta = stores["zarr"][clip_id]
+        n = int(batch["padding_mask"][i].sum())
+        start = next(s for s in range(len(codes) - n + 1) if np.array_equal(codes[s: s + n], batch["codes"][i, :n].numpy()))
+        np.testing.assert_array_equal(batch["features"][i, :n].numpy(), meta["logmel"][start: start + n])
+        assert not batch["features"][i, n:].any()
+    assert "features" not in collate([(c, {"id": "x"}) for c, _ in stores["wds"].values()], None, 1025)
+
+
+def test_a_store_refuses_a_resume_with_other_features(tmp_path):
+    write_folder_tree(tmp_path / "audio", per_label=1, seconds=0.5)
+    tokenize(config(tmp_path))
+    with pytest.raises(ValueError, match="same --store-features"):
+        tokenize(config(tmp_path, store_features="logmel"))
 
 
 @pytest.mark.slow

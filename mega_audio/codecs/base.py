@@ -39,9 +39,9 @@ class Codec:
         return {}
 
     def card(self) -> dict:
-        return dict(name=self.name, fingerprint=self.fingerprint, sample_rate=self.sample_rate,
-                    frame_rate=self.frame_rate, hop_length=self.hop_length, bandwidth=self.bandwidth,
-                    n_q=self.n_q, codebook_size=self.codebook_size, **self.params())
+        return {**dict(name=self.name, fingerprint=self.fingerprint, sample_rate=self.sample_rate,
+                       frame_rate=self.frame_rate, hop_length=self.hop_length, bandwidth=self.bandwidth,
+                       n_q=self.n_q, codebook_size=self.codebook_size), **self.params()}
 
 
 def check_bitrate(bitrate: float) -> float:

@@ -10,40 +10,58 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BITRATE_TO_NQ, CODEBOOK_SIZE, HOP, SAMPLE_RATE, Codec
+from .base import BITRATE_TO_NQ, CODEBOOK_SIZE, SAMPLE_RATE, Codec
+from .logmel import LogMel
+
+NORMALIZATIONS = ("clip", "feature")
+CODEBOOK_SIZES = (CODEBOOK_SIZE, 8192)
+# Options added after version 2: they enter the fingerprint only when they differ from these defaults, so stores
+# tokenized before the options existed (the same codes) keep their fingerprint and still mix with new ones.
+LATER_DEFAULTS = {"codebook_size": CODEBOOK_SIZE, "normalize": "clip"}
 
 
 class BestRQCodec(Codec):
     """BEST-RQ random-projection quantizer (Chiu et al. 2022): weight-free, seeded, same token grid as Encodec.
 
     log-mel frames centred on each 320-sample hop -> minus the log-mel envelope of pink noise (a fixed tilt
-    correction, so the 1/f slope all audio shares does not dominate the projections) -> per-clip normalisation by
-    one mean and one std (not per mel band: that would erase the clip's steady spectral envelope, its timbre) ->
-    `stack` neighbouring frames -> n_q frozen Xavier projections -> nearest of 1024 frozen standard-normal codes
-    (both L2-normalised). Level k is the same at every bitrate, so 1.5 kbps codes are a prefix of 12 kbps ones.
+    correction, so the 1/f slope all audio shares does not dominate the projections) -> normalisation -> `stack`
+    neighbouring frames -> n_q frozen Xavier projections -> nearest of `codebook_size` (1024, or 8192 as in the
+    BEST-RQ paper) frozen standard-normal codes (both L2-normalised). Level k is the same at every bitrate, so
+    1.5 kbps codes are a prefix of 12 kbps ones.
+
+    normalize="clip" (default): one mean and one std per clip, which keeps the clip's steady spectral envelope
+    (its timbre) in the input. normalize="feature": a mean and std per mel bin, the paper's per-feature
+    normalisation; its statistics come from the clip itself, since a codec that needs no data has no dataset
+    statistics. That erases the steady envelope and keeps how each band moves over time.
     """
 
     name = "bestrq"
     VERSION = 2  # bump when the recipe changes: it is part of the fingerprint
 
     def __init__(self, bandwidth: float, seed: int = 0, n_mels: int = 80, n_fft: int = 1024, stack: int = 3,
-                 codebook_dim: int = 16, device: str = "cpu", block_frames: int = 4096):
+                 codebook_dim: int = 16, device: str = "cpu", block_frames: int = 4096,
+                 codebook_size: int = CODEBOOK_SIZE, normalize: str = "clip"):
+        if codebook_size not in CODEBOOK_SIZES:
+            raise ValueError(f"bestrq codebook size {codebook_size}: use one of {CODEBOOK_SIZES}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"bestrq normalisation {normalize!r}: use one of {NORMALIZATIONS}")
         self.bandwidth, self.n_q, self.device = bandwidth, BITRATE_TO_NQ[bandwidth], device
         self.seed, self.n_mels, self.n_fft, self.stack, self.codebook_dim = seed, n_mels, n_fft, stack, codebook_dim
-        self.block_frames = block_frames
-        self.fingerprint = hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()
+        self.codebook_size, self.normalize = codebook_size, normalize
+        recipe = {k: v for k, v in self.params().items() if LATER_DEFAULTS.get(k, object()) != v}
+        self.fingerprint = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         projections, codebooks = self._random_params()
         self.projections = projections[: self.n_q].float().to(device)  # (n_q, n_mels * stack, dim)
-        self.codebooks_t = codebooks[: self.n_q].mT.float().contiguous().to(device)  # (n_q, dim, 1024), unit columns
+        self.codebooks_t = codebooks[: self.n_q].mT.float().contiguous().to(device)  # (n_q, dim, codes), unit columns
         self.score_frames = 128 if device == "cpu" else 4096
-        self.window = torch.hann_window(n_fft, dtype=torch.float64).float().to(device)
-        self.mel = mel_filterbank(n_mels, n_fft, SAMPLE_RATE).to(device)  # (n_fft // 2 + 1, n_mels)
+        self.log_mel = LogMel(n_mels, n_fft, device, block_frames)
         freqs = torch.linspace(0, SAMPLE_RATE / 2, n_fft // 2 + 1, device=device)
-        self.pink_log_mel = torch.log((1.0 / freqs.clamp(min=50.0)) @ self.mel + 1e-6)  # (n_mels,)
+        self.pink_log_mel = torch.log((1.0 / freqs.clamp(min=50.0)) @ self.log_mel.filters + 1e-6)  # (n_mels,)
 
     def params(self) -> dict:
         return {"version": self.VERSION, "seed": self.seed, "n_mels": self.n_mels, "n_fft": self.n_fft,
-                "stack": self.stack, "codebook_dim": self.codebook_dim}
+                "stack": self.stack, "codebook_dim": self.codebook_dim, "codebook_size": self.codebook_size,
+                "normalize": self.normalize}
 
     def _random_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Drawn on the CPU in float64 from one seeded generator, for all 32 levels: same values on any machine.
@@ -51,7 +69,7 @@ class BestRQCodec(Codec):
         levels, fan_in = max(BITRATE_TO_NQ.values()), self.n_mels * self.stack
         bound = math.sqrt(6.0 / (fan_in + self.codebook_dim))  # Xavier uniform
         projections = (2 * torch.rand(levels, fan_in, self.codebook_dim, generator=g, dtype=torch.float64) - 1) * bound
-        codebooks = torch.randn(levels, CODEBOOK_SIZE, self.codebook_dim, generator=g, dtype=torch.float64)
+        codebooks = torch.randn(levels, self.codebook_size, self.codebook_dim, generator=g, dtype=torch.float64)
         return projections, F.normalize(codebooks, dim=-1)
 
     @torch.inference_mode()
@@ -62,9 +80,10 @@ class BestRQCodec(Codec):
         n_frames = self.n_frames(len(wave))
         if n_frames == 0:
             return np.zeros((0, self.n_q), np.int16)
-        feats = self._log_mel(wave, n_frames)  # (T, n_mels)
-        feats = feats - self.pink_log_mel
-        feats = (feats - feats.mean()) / (feats.std(unbiased=False) + 1e-5)  # loudness-invariant, keeps the envelope
+        feats = self.log_mel(wave, n_frames) - self.pink_log_mel  # (T, n_mels)
+        over = None if self.normalize == "clip" else 0  # one mean / std for the clip, or one per mel bin
+        mean, std = feats.mean(dim=over, keepdim=True), feats.std(dim=over, unbiased=False, keepdim=True)
+        feats = (feats - mean) / (std + 1e-5)  # loudness-invariant
         half = self.stack // 2
         padded = F.pad(feats.T[None], (half, self.stack - 1 - half), mode="replicate")[0].T  # (T + stack - 1, n_mels)
         stacked = padded.unfold(0, self.stack, 1).transpose(1, 2).reshape(n_frames, -1)  # (T, stack * n_mels)
@@ -74,29 +93,3 @@ class BestRQCodec(Codec):
         for t in range(0, n_frames, step):
             codes[:, t : t + step] = torch.bmm(z[:, t : t + step], self.codebooks_t).argmax(-1)
         return codes.T.to(torch.int16).cpu().numpy()  # (T, n_q)
-
-    def _log_mel(self, wave: torch.Tensor, n_frames: int) -> torch.Tensor:
-        # Frame t is centred on the middle of hop t, samples [t*320, (t+1)*320); zeros beyond the clip.
-        left = self.n_fft // 2 - HOP // 2
-        right = (n_frames - 1) * HOP + self.n_fft - left - len(wave)
-        padded = F.pad(wave, (left, right))
-        out = []
-        for t in range(0, n_frames, self.block_frames):  # blocks bound the spectrogram's memory
-            n = min(self.block_frames, n_frames - t)
-            segment = padded[t * HOP : (t + n - 1) * HOP + self.n_fft]
-            spec = torch.stft(segment, self.n_fft, HOP, window=self.window, center=False, return_complex=True)
-            out.append(torch.log(spec.abs().square().T @ self.mel + 1e-6))  # (n, n_mels)
-        return torch.cat(out)
-
-
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 0.0,
-                   f_max: float | None = None) -> torch.Tensor:
-    """Triangular HTK-mel filters, (n_fft // 2 + 1, n_mels), each normalised to unit area (Slaney)."""
-    f_max = f_max or sample_rate / 2
-    mel_min, mel_max = (2595.0 * np.log10(1.0 + f / 700.0) for f in (f_min, f_max))
-    edges = 700.0 * (10.0 ** (np.linspace(mel_min, mel_max, n_mels + 2) / 2595.0) - 1.0)  # (n_mels + 2,) in Hz
-    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)[:, None]  # (F, 1)
-    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising, falling = (bins - lower) / (centre - lower), (upper - bins) / (upper - centre)
-    filters = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (upper - lower))
-    return torch.from_numpy(filters.astype(np.float32))

@@ -1,6 +1,10 @@
 """The two on-disk shard formats, each one writer and one reader of `(codes (T, n_q) int16, meta)` samples:
 webdataset tar (`<id>.codes.npy` + `<id>.json` per clip) and zarr (`codes (sum T, n_q)` + `offsets (N+1,)` + metas).
-Atomic naming, indexes and the store card are `store.py`'s job."""
+Atomic naming, indexes and the store card are `store.py`'s job.
+
+A sample may also carry per-frame features aligned with its codes (FEATURES, e.g. `meta["logmel"]`: (T, n_mels)
+float16): an extra `<id>.logmel.npy` member in a tar, a parallel `logmel (sum T, n_mels)` array with the same
+offsets in zarr. They travel in the meta dict but never into its JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ import numpy as np
 
 Sample = tuple[np.ndarray, dict[str, Any]]
 ZARR_CHUNK_FRAMES = 1 << 16  # one chunk ~ 15 min of audio: a shard is read in a few large blocks
+FEATURES = ("logmel",)  # per-frame arrays a sample may carry in its meta, stored beside the codes
+
+
+def split_features(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(the JSON part of a sample's meta, its per-frame feature arrays)."""
+    return ({k: v for k, v in meta.items() if k not in FEATURES},
+            {k: meta[k] for k in FEATURES if k in meta})
 
 
 def _write_wds(path: Path, samples: list[Sample]) -> None:
@@ -23,17 +34,24 @@ def _write_wds(path: Path, samples: list[Sample]) -> None:
 
     with wds.TarWriter(str(path), mtime=0) as sink:
         for codes, meta in samples:
-            sink.write({"__key__": meta["id"], "codes.npy": codes, "json": meta})
+            info, features = split_features(meta)
+            sink.write({"__key__": meta["id"], "codes.npy": codes, "json": info,
+                        **{f"{name}.npy": array for name, array in features.items()}})
 
 
 def _write_zarr(path: Path, samples: list[Sample]) -> None:
     import zarr
 
+    infos, features = zip(*(split_features(m) for _, m in samples))
     codes = np.concatenate([c for c, _ in samples])  # (sum T, n_q)
     offsets = np.cumsum([0] + [len(c) for c, _ in samples], dtype=np.int64)
-    group = zarr.open_group(str(path), mode="w", attributes={"samples": [m for _, m in samples]})
-    group.create_array("codes", data=codes, chunks=(min(len(codes), ZARR_CHUNK_FRAMES), codes.shape[1]))
+    group = zarr.open_group(str(path), mode="w", attributes={"samples": list(infos)})
+    chunk = min(len(codes), ZARR_CHUNK_FRAMES)
+    group.create_array("codes", data=codes, chunks=(chunk, codes.shape[1]))
     group.create_array("offsets", data=offsets, chunks=(len(offsets),))
+    for name in features[0]:  # every sample of a shard has the same features (one tokenize run writes it)
+        array = np.concatenate([f[name] for f in features])  # (sum T, n_features): the same offsets as the codes
+        group.create_array(name, data=array, chunks=(chunk, array.shape[1]))
 
 
 WRITERS = {"wds": _write_wds, "zarr": _write_zarr}
@@ -91,18 +109,22 @@ def _read_wds(path: str) -> Iterator[Sample]:
     members = _tar_members(data)
     files = ((name, data[start: start + size]) for name, start, size in members) if members is not None \
         else _tarfile_members(path)
-    codes, meta, key = None, None, None
+    key, parts = None, {}
     for name, payload in files:
         sample_key, ext = name.split(".", 1)
         if sample_key != key:
-            codes, meta, key = None, None, sample_key
-        if ext == "codes.npy":
-            codes = _decode_npy(payload)
-        elif ext == "json":
-            meta = json.loads(payload)
-        if codes is not None and meta is not None:
-            yield codes, meta
-            codes, meta = None, None
+            if "codes.npy" in parts and "json" in parts:
+                yield _wds_sample(parts)
+            key, parts = sample_key, {}
+        parts[ext] = payload
+    if "codes.npy" in parts and "json" in parts:
+        yield _wds_sample(parts)
+
+
+def _wds_sample(parts: dict[str, bytes]) -> Sample:
+    meta = json.loads(parts["json"])
+    meta.update({name: _decode_npy(parts[f"{name}.npy"]) for name in FEATURES if f"{name}.npy" in parts})
+    return _decode_npy(parts["codes.npy"]), meta
 
 
 def _read_zarr(path: str) -> Iterator[Sample]:
@@ -110,8 +132,10 @@ def _read_zarr(path: str) -> Iterator[Sample]:
 
     group = zarr.open_group(path, mode="r")
     codes, offsets = group["codes"][:], group["offsets"][:]  # one block read, slice in memory (docs/architecture.md)
+    features = {name: group[name][:] for name in FEATURES if name in group}
     for i, meta in enumerate(group.attrs["samples"]):
-        yield codes[offsets[i]: offsets[i + 1]], meta
+        start, end = offsets[i], offsets[i + 1]
+        yield codes[start:end], {**meta, **{name: array[start:end] for name, array in features.items()}}
 
 
 READERS = {"wds": _read_wds, "zarr": _read_zarr}

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .store import Sample, ShardInfo, TokenStore, read_shard
 from .tasks import ClipFilter, Task
 
-Batch = dict[str, Any]  # codes (B, T, n_q) long, padding_mask (B, T) bool (True = valid), ids, labels
+Batch = dict[str, Any]  # codes (B, T, n_q), padding_mask (B, T) bool (True = valid), ids, labels [, features]
 CROPS = ("random", "start", "center")
 MIX_STREAM = 0x6D6978  # tags the seed of the per-batch store choices apart from the crop seeds
 
@@ -54,6 +54,8 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: str = "random",
             rng: np.random.Generator | None = None, codes_dtype: torch.dtype = torch.long) -> Batch:
     """Crop every clip to at most max_frames (a window chosen by `crop`), right-pad with pad_id, mark valid frames.
+    When every clip carries log-mel features (a store tokenized with --store-features logmel), the batch gets
+    `features` (B, T, n_mels) float16, cropped to the same window and zero-padded.
 
     codes_dtype=torch.int16 moves a quarter of the bytes (the model casts to long on its device)."""
     if crop not in CROPS:
@@ -67,17 +69,24 @@ def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: st
     codes, padding_mask = codes_t.numpy(), mask_t.numpy()  # (B, T, n_q), (B, T): views filled in place
     codes.fill(pad_id)
     padding_mask.fill(False)
-    for i, ((clip, _), n) in enumerate(zip(samples, lengths)):
+    features_t = None
+    if all("logmel" in meta for _, meta in samples):
+        features_t = _empty((*codes_t.shape[:2], samples[0][1]["logmel"].shape[1]), torch.float16)
+        features_t.numpy().fill(0)
+    for i, ((clip, meta), n) in enumerate(zip(samples, lengths)):
         spare = len(clip) - n
         start = 0 if crop == "start" or not spare else spare // 2 if crop == "center" else int(rng.integers(spare + 1))
         codes[i, :n] = clip[start: start + n]
         padding_mask[i, :n] = True
-    return {
+        if features_t is not None:
+            features_t.numpy()[i, :n] = meta["logmel"][start: start + n]
+    batch = {
         "codes": codes_t,
         "padding_mask": mask_t,
         "ids": [meta["id"] for _, meta in samples],
         "labels": [meta.get("labels", []) for _, meta in samples],
     }
+    return batch if features_t is None else {**batch, "features": features_t}
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

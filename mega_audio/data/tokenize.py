@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from .store import (
     write_card,
 )
 
+if TYPE_CHECKING:
+    from ..codecs.logmel import LogMel
+
 
 @dataclass
 class TokenizeConfig:
@@ -44,6 +47,12 @@ class TokenizeConfig:
     codec: str = option("bestrq", "encodec or bestrq", choices=["encodec", "bestrq"])
     bitrate: float = option(1.5, "kbps: 1.5, 3, 6, 12 or 24 (n_q = 2, 4, 8, 16, 32)")
     codec_weights: str | None = option(None, "Encodec weights: HF hub id, HF model dir or Meta .th file")
+    codebook_size: int = option(1024, "codes per level: 1024, or 8192 with --codec bestrq (the BEST-RQ paper's)")
+    bestrq_norm: str = option("clip", "bestrq input normalisation: one mean/std per clip (keeps the spectral "
+                                      "envelope) or per mel bin (the BEST-RQ paper's)", choices=["clip", "feature"])
+    store_features: str | None = option(None, "also store per-frame log-mel features next to the codes (80 bins, "
+                                               "float16, 75 Hz: 43.2 MB per hour), the target of pretrain "
+                                               "--mel-loss-weight", choices=["logmel"])
     compile: bool = option(False, "torch.compile the Encodec encoder: ~1.2x faster after 10-30 s of compiling per process")
     format: str = option("wds", "store format", choices=list(FORMATS))
     manifest: str | None = option(None, "use this manifest instead of building <out>/manifest.jsonl")
@@ -158,6 +167,7 @@ def tokenize_local(cfg: TokenizeConfig) -> int:
 def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize this process's slice of the manifest into `cfg.out`; safe to re-run after a crash."""
     from ..codecs import load_codec
+    from ..codecs.logmel import LogMel
 
     if not cfg.out:
         raise ValueError("--out is required: the token store directory")
@@ -167,9 +177,11 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     if device is None and torch.cuda.is_available():
         device = f"cuda:{rank % torch.cuda.device_count()}"  # one GPU per local process
     clips = ensure_manifest(cfg)  # first: missing data is said before a codec is loaded
-    codec = load_codec(cfg.codec, cfg.bitrate, weights=cfg.codec_weights, device=device, compile=cfg.compile)
-    _refuse_other_codec(store, codec.card())
-    _update_card(store, cfg, codec.card(), clips)
+    codec = load_codec(cfg.codec, cfg.bitrate, weights=cfg.codec_weights, device=device, compile=cfg.compile,
+                       codebook_size=cfg.codebook_size, normalize=cfg.bestrq_norm)
+    log_mel = LogMel(device=str(codec.device)) if cfg.store_features == "logmel" else None
+    _refuse_other_codec(store, codec.card(), feature_card(log_mel, codec.frame_rate))
+    _update_card(store, cfg, codec.card(), clips, log_mel)
 
     clean_interrupted(store, rank)
     skip = shard_ids(store) | failed_ids(store)
@@ -188,7 +200,11 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
 
     def encode_batch() -> None:
         for (clip, wave), codes in zip(batch, codec.encode([w for _, w in batch])):
-            writer.put(codes, _sample_meta(clip, codes, codec.frame_rate))
+            meta = _sample_meta(clip, codes, codec.frame_rate)
+            if log_mel is not None:
+                with torch.inference_mode():
+                    meta["logmel"] = log_mel(torch.as_tensor(wave).to(log_mel.device), len(codes)).half().cpu().numpy()
+            writer.put(codes, meta)
             stats["ok"] += 1
             stats["frames"] += len(codes)
             stats["seconds"] += len(wave) / codec.sample_rate
@@ -208,31 +224,46 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     writer.finish()
     failures.close()
 
-    card = _update_card(store, cfg, codec.card(), clips)
+    card = _update_card(store, cfg, codec.card(), clips, log_mel)
     wall = time.time() - start
     stats.update(rank=rank, world_size=world_size, skipped=len(my_slice) - len(todo), wall=wall,
                  tokens=stats["frames"] * codec.n_q, realtime=stats["seconds"] / max(wall, 1e-9), card=card)
     return stats
 
 
-def _refuse_other_codec(store: Path, codec_card: dict[str, Any]) -> None:
+def feature_card(log_mel: LogMel | None, frame_rate: float) -> dict[str, Any]:
+    """The card's `features` entry: what each stored feature is and what it costs per hour of audio."""
+    if log_mel is None:
+        return {}
+    bytes_per_hour = log_mel.n_mels * 2 * frame_rate * 3600  # float16
+    return {"logmel": {"n_mels": log_mel.n_mels, "n_fft": log_mel.n_fft, "dtype": "float16", "frame_rate": frame_rate,
+                       "log": "natural log of mel power + 1e-6", "mb_per_hour": round(bytes_per_hour / 1e6, 1)}}
+
+
+def _refuse_other_codec(store: Path, codec_card: dict[str, Any], features: dict[str, Any]) -> None:
     card_path = store / "dataset.json"
     if card_path.exists():
-        existing = json.loads(card_path.read_text())["codec"]
+        card = json.loads(card_path.read_text())
+        existing = card["codec"]
         if existing["fingerprint"] != codec_card["fingerprint"] or existing["n_q"] != codec_card["n_q"]:
             raise ValueError(f"{store} holds tokens of another codec ({existing['name']}, n_q={existing['n_q']}, "
                              f"fingerprint {existing['fingerprint'][:12]}); write to a new --out")
+        if card.get("features", {}) != features and card.get("shards"):
+            raise ValueError(f"{store} holds features {sorted(card.get('features', {})) or 'none'}, this run would "
+                             f"write {sorted(features) or 'none'}: pass the same --store-features or write to a new --out")
     store.mkdir(parents=True, exist_ok=True)
 
 
-def _update_card(store: Path, cfg: TokenizeConfig, codec_card: dict[str, Any], clips: list[Clip]) -> dict[str, Any]:
+def _update_card(store: Path, cfg: TokenizeConfig, codec_card: dict[str, Any], clips: list[Clip],
+                 log_mel: LogMel | None = None) -> dict[str, Any]:
     """Rebuild dataset.json under the store lock; `complete` says every manifest clip is in a shard or the failures."""
     with store_lock(store):
         failed = failed_ids(store)
         accounted = shard_ids(store) | failed
         settings = {k: v for k, v in to_dict(cfg).items() if k not in ("rank", "world_size")}
         extra = {"complete": all(c.id in accounted for c in clips), "manifest_clips": len(clips),
-                 "failed": len(failed), "tokenize": settings}
+                 "failed": len(failed), "tokenize": settings,
+                 **({"features": features} if (features := feature_card(log_mel, codec_card["frame_rate"])) else {})}
         return write_card(store, codec_card, cfg.format, cfg.dataset, extra=extra)
 
 

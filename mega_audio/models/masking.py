@@ -1,6 +1,6 @@
 """Masked token modelling: which tokens are masked (`mask_tokens`: single tokens, whole frames or spans of frames),
-the loss on them (`masked_token_loss`, which `mlm_loss` defines on full logits) and the seeded generator that makes
-a micro-batch's masks reproducible on resume.
+the losses on them (`masked_token_loss`, which `mlm_loss` defines on full logits; `mel_loss` on stored
+log-mel features) and the seeded generator that makes a micro-batch's masks reproducible on resume.
 
 One contract for every unit: `mask_tokens` returns (inputs, targets), where inputs carry MASK at the masked
 tokens and targets carry the original code there and IGNORE_INDEX everywhere else (unmasked or padded), so
@@ -138,6 +138,26 @@ def masked_token_loss(heads: LevelHeads, states: torch.Tensor, targets: torch.Te
     targets = rearrange(targets, "b t q -> (b t) q")
     select = targets != IGNORE_INDEX  # (B * T, n_q)
     return heads.loss(states, select, targets.T[select.T])  # labels level by level, the order of the heads' rows
+
+
+def mel_loss(predicted: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
+             padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE between predicted and stored log-mel frames at the masked frames (any level masked).
+
+    predicted, features: (B, T, n_mels); targets: (B, T, n_q) from mask_tokens. Each clip's log-mel is
+    standardised by one mean and one std over its valid frames first: loudness drops out, the spectral
+    envelope stays, and the loss is about 1 for a model that predicts the clip's mean."""
+    features = features.float()
+    valid = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device) if padding_mask is None else padding_mask
+    weights = valid[..., None].float()  # (B, T, 1)
+    count = (weights.sum(dim=(1, 2)) * features.shape[-1]).clamp(min=1.0)[:, None, None]
+    mean = (features * weights).sum(dim=(1, 2), keepdim=True) / count
+    std = (((features - mean) * weights).square().sum(dim=(1, 2), keepdim=True) / count).sqrt()
+    standardised = (features - mean) / (std + 1e-5)
+    masked = (targets != IGNORE_INDEX).any(dim=-1)  # (B, T)
+    if not bool(masked.any()):
+        return predicted.sum() * 0.0
+    return F.mse_loss(predicted.float()[masked], standardised[masked])
 
 
 def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:

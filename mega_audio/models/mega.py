@@ -11,7 +11,7 @@ from einops import rearrange
 from .checkpoint import Pretrained
 from .config import ModelConfig
 from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights
-from .masking import masked_token_loss
+from .masking import masked_token_loss, mel_loss
 
 
 class GlobalEncoder(nn.Module):
@@ -78,21 +78,35 @@ class MegaAudioFormer(Pretrained, nn.Module):
         self.config = config
         self.global_encoder = GlobalEncoder(config)
         self.local_encoder = LocalEncoder(config)
+        # the auxiliary log-mel target: a small head on the global states (pre-training only; fine-tuning drops it)
+        self.mel_head = nn.Linear(config.d_global, config.mel_bins) if config.mel_bins else None
         init_weights(self.global_encoder, config.n_global_layers)
         init_weights(self.local_encoder, config.n_local_layers)
 
-    def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+    def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                features: torch.Tensor | None = None, mel_weight: float = 1.0):
         """codes: (B, T, n_q), padding_mask: (B, T) True = valid -> (logits (B, T, n_q, V), None).
 
         With targets (from mask_tokens) -> (accuracy, loss) over the masked tokens only: the output heads run on
-        the masked tokens alone, a chunk at a time, and their logits are never all in memory (masked_token_loss)."""
+        the masked tokens alone, a chunk at a time, and their logits are never all in memory (masked_token_loss).
+        With features (B, T, mel_bins) too, the loss adds mel_weight x the MSE of the mel head at the masked frames."""
         tokens = self.global_encoder.embed(codes, padding_mask)  # (B, T, n_q, d_token)
         frames = self.global_encoder.encode(tokens, padding_mask)  # (B, T, d_global)
         states = self.local_encoder(tokens, frames)  # (B * T, n_q, d_local)
         if targets is not None:
             loss, accuracy = masked_token_loss(self.local_encoder.heads, states, targets)
+            if features is not None:
+                loss = loss + mel_weight * self.masked_mel_loss(frames, features, targets, padding_mask)
             return accuracy, loss
         return rearrange(self.local_encoder.heads(states), "(b t) q v -> b t q v", b=codes.shape[0]), None
+
+    def masked_mel_loss(self, frames: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
+                        padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The mel head's MSE at the masked frames; frames: global states (B, T, d_global) of the masked input."""
+        if self.mel_head is None:
+            raise ValueError("this model has no mel head (config mel_bins=0): build it with mel_bins = the stored "
+                             "features' bins to train with a mel loss")
+        return mel_loss(self.mel_head(frames), features, targets, padding_mask)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

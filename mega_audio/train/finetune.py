@@ -42,7 +42,7 @@ class FinetuneConfig:
     freeze: bool = option(False, "frozen probe: encoder frozen (run once per clip, features cached), head = one "
                                  "hidden layer with dropout trained for --epochs on the features")
     hidden: int = option(512, "hidden width of the frozen probe's head")
-    head_dropout: float = option(0.1, "dropout in the frozen probe's head")
+    head_dropout: float = option(0.25, "dropout in the frozen probe's head (0.25, as the linear-complexity SSL paper probes)")
     probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
                                       "mean (of all layers) or a layer number")
     lp_epochs: int = option(0, "LP-FT: before fine-tuning, fit the linear head for this many epochs on the frozen "

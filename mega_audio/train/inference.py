@@ -206,7 +206,8 @@ def load_tokens(path: str | Path, checkpoint_meta: dict, codec_weights: str | No
     if not card:
         raise ValueError("the checkpoint records no codec: pass .npy token files, or fine-tune with this version")
     if "codec" not in codec_cache:
-        codec = load_codec(card["name"], card["bandwidth"], weights=codec_weights or card.get("weights"), device=str(device))
+        codec = load_codec(card["name"], card["bandwidth"], weights=codec_weights or card.get("weights"), device=str(device),
+                           codebook_size=card["codebook_size"], normalize=card.get("normalize", "clip"))
         if codec.fingerprint != card["fingerprint"]:
             raise ValueError(f"the {card['name']} codec loaded here (fingerprint {codec.fingerprint[:12]}) is not the "
                              f"one the checkpoint was trained on ({card['fingerprint'][:12]}): pass --codec-weights "

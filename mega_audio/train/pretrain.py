@@ -72,6 +72,8 @@ class PretrainConfig:
     mask_span_ms: float = option(400.0, "span length for --mask-unit span")
     mask_start_prob: float | None = option(None, "span: every frame starts a span with this probability instead of "
                                                  "covering --mask-ratio (BEST-RQ style; spans may overlap)")
+    mel_loss_weight: float = option(0.0, "add this x the MSE of a small head predicting the log-mel of masked frames "
+                                         "(needs stores tokenized with --store-features logmel)")
     seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
     num_workers: int = option(2, "DataLoader workers per process")
     shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer")
@@ -91,8 +93,19 @@ class PretrainConfig:
 
 # Recipes as presets (`--preset NAME`; flags given too win). "paper" is the Mega-AudioFormer paper's recipe:
 # the `base` model and 25% of single tokens masked.
+#
+# "orfium-linear" is the linear-complexity recipe of Vavaroutsos et al. (Orfium, "Linear-complexity self-supervised
+# learning for music understanding with random quantizer"): Branchformer blocks with SummaryMixing, BEST-RQ targets
+# (tokenize with --codec bestrq --codebook-size 8192 --bestrq-norm feature --store-features logmel), 400 ms spans,
+# cross-entropy plus an MSE on the log-mel of masked frames. "Spans starting at 20% of the frames" is read as
+# fairseq's mask_prob (wav2vec 2.0, HuBERT, MERT): p x T / span spans, i.e. spans that would cover 20% of the frames
+# if none overlapped, so `--mask-ratio 0.2` (non-overlapping spans: exactly 20%). The other reading, every frame
+# starting a span with probability 0.2 (`--mask-start-prob 0.2`), masks 1 - 0.8^30 = 99.9% of the frames at 75 Hz
+# (a 400 ms span is 30 frames): nothing would be left to predict from. The mel weight (1.0) is our choice.
 RECIPES = {
     "paper": PretrainConfig(model="base", mask_unit="token", mask_ratio=0.25),
+    "orfium-linear": PretrainConfig(model="base", global_block="branchformer", global_mixer="summary_mixing",
+                                    mask_unit="span", mask_span_ms=400.0, mask_ratio=0.2, mel_loss_weight=1.0),
 }
 
 
@@ -127,6 +140,20 @@ def open_stores(entries: list[str]) -> tuple[list[TokenStore], list[float] | Non
     stores = [TokenStore(p) for p in paths]
     check_same_codec(stores)
     return stores, weights
+
+
+def mel_bins(cfg: PretrainConfig, stores: list[TokenStore]) -> int:
+    """Bins of the stored log-mel features the mel loss predicts (0 without a mel loss); every store must have them."""
+    if cfg.mel_loss_weight <= 0:
+        return 0
+    bins = {store.card.get("features", {}).get("logmel", {}).get("n_mels") for store in stores}
+    for store in stores:
+        if "logmel" not in store.card.get("features", {}):
+            raise ValueError(f"--mel-loss-weight {cfg.mel_loss_weight} needs log-mel features, and {store.path} has "
+                             f"none: re-tokenize it with --store-features logmel, or pass --mel-loss-weight 0")
+    if len(bins) > 1:
+        raise ValueError(f"the --data stores hold log-mel features of different sizes {sorted(bins)}: use one size")
+    return bins.pop()
 
 
 def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
@@ -174,16 +201,20 @@ def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainCon
 # the run
 
 
-def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None) -> tuple[MegaAudioFormer, ModelConfig]:
+def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
+                n_mels: int = 0) -> tuple[MegaAudioFormer, ModelConfig]:
     if resume_state is not None:  # the checkpoint's architecture, whatever the preset flags say now
         model_cfg = ModelConfig.from_dict(resume_state["model"])
-        return MegaAudioFormer(model_cfg), model_cfg
-    if cfg.init_from:
+        model = MegaAudioFormer(model_cfg)
+    elif cfg.init_from:
         model = MegaAudioFormer.from_pretrained(cfg.init_from)
-        return model, model.config
-    model_cfg = model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
-                             global_block=cfg.global_block)
-    return MegaAudioFormer(model_cfg), model_cfg
+    else:
+        model = MegaAudioFormer(model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
+                                             global_block=cfg.global_block, mel_bins=n_mels))
+    if model.config.mel_bins != n_mels and n_mels:
+        raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
+                         f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
+    return model, model.config
 
 
 def check_init_from(cfg: PretrainConfig, codec: dict) -> dict:
@@ -243,11 +274,12 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
         valid = batch["padding_mask"]  # (B, T) on the host: counting here costs no device sync
         codes = batch["codes"].to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
         padding_mask = None if valid.all() else valid.to(accelerator.device, non_blocking=True)  # None: flash SDPA
+        features = batch["features"].to(accelerator.device, non_blocking=True) if cfg.mel_loss_weight > 0 else None
         generator = masking_generator(cfg.seed, accelerator.process_index, step, micro, accelerator.device)
         inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
                                       **masking_options(cfg, frame_rate))
         with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
-            _, loss = model(inputs, padding_mask, targets)
+            _, loss = model(inputs, padding_mask, targets, features, cfg.mel_loss_weight)
             optimizer_step(accelerator, model, optimizer, loss, cfg.grad_clip)
         n_valid = int(valid.sum())
         frames += n_valid
@@ -280,7 +312,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     accelerator.print(f"{world} process(es), {accelerator.distributed_type}, {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
     set_seed(cfg.seed)  # the same initial weights on every rank
-    model, model_cfg = build_model(cfg, codec, resume_state)
+    model, model_cfg = build_model(cfg, codec, resume_state, mel_bins(cfg, stores))
     model.to(accelerator.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr)
     model, optimizer = accelerator.prepare(model, optimizer)  # never the loader: the stream splits itself (docs/architecture.md)
@@ -378,6 +410,7 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
         exported.save_pretrained(export_dir, metadata={"codec": codec, "pretrain": {
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
             "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
+            "mask_start_prob": cfg.mask_start_prob, "mel_loss_weight": cfg.mel_loss_weight,
             "lr_schedule": lr_schedule(cfg), "continued_from": continued_from, "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
