@@ -80,6 +80,7 @@ bench: install
 	$(PY) bench/tokenization.py
 	$(PY) bench/loader.py
 	$(PY) bench/model.py
+	$(PY) bench/model.py --encoders
 	$(PY) bench/pretrain.py
 	$(PY) bench/collect.py
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["tokenization", "loader", "model", "pretrain", "ssl", "ssl_ablation"]
+ORDER = ["tokenization", "loader", "model", "encoders", "pretrain", "ssl", "ssl_ablation"]
 
 
 def plot_cost_vs_length(model_json: Path, out_png: Path) -> bool:
-    """Step time and peak memory of Mega-AudioFormer (attention, and Branchformer + SummaryMixing) vs the flat Transformer
-    against clip length, per bitrate."""
+    """Step time and peak memory of Mega-AudioFormer vs the flat Transformer against clip length, per bitrate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,11 +25,8 @@ def plot_cost_vs_length(model_json: Path, out_png: Path) -> bool:
     for kbps, style in zip(sorted({r["kbps"] for r in data["rows"]}), ("-", "--")):
         rows = sorted((r for r in data["rows"] if r["kbps"] == kbps), key=lambda r: r["seconds"])
         seconds = [r["seconds"] for r in rows]
-        names = {"mega": "Mega-AudioFormer", "flat": "flat Transformer", "branchformer_summary": "Branchformer + SummaryMixing"}
-        for model, color in (("mega", "tab:blue"), ("flat", "tab:red"), ("branchformer_summary", "tab:green")):
-            if model not in rows[0]:
-                continue
-            name = names[model]
+        for model, color in (("mega", "tab:blue"), ("flat", "tab:red")):
+            name = "Mega-AudioFormer" if model == "mega" else "flat Transformer"
             axes[0].plot(seconds, [r[model]["ms"] / 1000 for r in rows], style, color=color, marker="o", label=f"{name}, {kbps:g} kbps")
             axes[1].plot(seconds, [r[model]["peak_mb"] for r in rows], style, color=color, marker="o", label=f"{name}, {kbps:g} kbps")
     for ax, ylabel in zip(axes, ("fwd+bwd step time (s)", "peak activation memory (MB)")):

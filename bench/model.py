@@ -1,5 +1,5 @@
-"""Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run,
-and of Mega-AudioFormer with its other global encoders (SummaryMixing, Branchformer)."""
+"""Training-step cost of Mega-AudioFormer vs a flat Transformer of the same width and depth, side by side in one run;
+with --encoders, of Mega-AudioFormer with each global encoder (attention, SummaryMixing, Branchformer) instead."""
 
 import argparse
 import math
@@ -22,8 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 FRAME_RATE = 75  # Encodec 24 kHz frames per second
 CODEBOOK = 1024
-# name -> (model class, global encoder); "mega" and "flat" are the main comparison, the others are Mega-AudioFormer
-# with another global encoder, timed in the same interleaved loop
+# name -> (model class, global encoder overrides)
 MODELS = {
     "mega": (MegaAudioFormer, {}),
     "flat": (FlatTransformer, {}),
@@ -31,8 +30,9 @@ MODELS = {
     "branchformer": (MegaAudioFormer, dict(global_block="branchformer")),
     "branchformer_summary": (MegaAudioFormer, dict(global_block="branchformer", global_mixer="summary_mixing")),
 }
-VARIANT_NAMES = {"mega": "transformer + attention (Mega-AudioFormer)", "summary": "transformer + SummaryMixing",
-                 "branchformer": "Branchformer + attention", "branchformer_summary": "Branchformer + SummaryMixing"}
+MAIN = ("mega", "flat")  # the default run: results/model
+ENCODERS = {"mega": "transformer + attention", "summary": "transformer + SummaryMixing",  # --encoders: results/encoders
+            "branchformer": "Branchformer + attention", "branchformer_summary": "Branchformer + SummaryMixing"}
 # The base preset's shape at 1/6 of its width and 1/2 of its depth: the global:local ratios of depth (6:1) and
 # width (2:1) and the head dim (64) are base's, so the memory ratio tracks base's. A flat base model needs
 # ~22 TFLOP per step at 12 kbps / 10 s (~160 at 30 s): hours on a 2-core CPU; this fits the run in minutes.
@@ -115,9 +115,9 @@ class Trainee:
                     timed_steps=len(self.times), params=sum(p.numel() for p in self.model.parameters()))
 
 
-def compare(spec: dict, repeats: int, min_seconds: float, max_seconds: float) -> dict[str, dict]:
-    """Both models on the same input size, timed steps interleaved so that load from other jobs hits both."""
-    trainees = {name: Trainee(dict(spec, model=name)) for name in MODELS}
+def compare(spec: dict, names, repeats: int, min_seconds: float, max_seconds: float) -> dict[str, dict]:
+    """The models on the same input size, timed steps interleaved so that load from other jobs hits them alike."""
+    trainees = {name: Trainee(dict(spec, model=name)) for name in names}
     for trainee in trainees.values():
         trainee.first_step()
     while any(t.wants_more(repeats, min_seconds, max_seconds) for t in trainees.values()):
@@ -186,7 +186,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="base" if cuda else "cpu-scaled", choices=[*PRESETS, "cpu-scaled"],
                         help="model size; cpu-scaled = base's shape at 1/6 width, 1/2 depth (default on CPU)")
-    parser.add_argument("--seconds", type=float, nargs="+", default=[2.5, 5, 10, 30])
+    parser.add_argument("--encoders", action="store_true",
+                        help="time Mega-AudioFormer with each global encoder (default out results/encoders, 10 and 30 s)")
+    parser.add_argument("--seconds", type=float, nargs="+", default=None, help="clip lengths (default 2.5 5 10 30)")
     parser.add_argument("--kbps", type=float, nargs="+", default=[1.5, 12.0], choices=sorted(BITRATE_TO_NQ))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps after the warm-up step (best one reported)")
@@ -195,8 +197,11 @@ def main() -> None:
                         help="no more timed steps once a model has used this long (slow ones report the warm-up step)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "model")
+    parser.add_argument("--out", type=Path, default=None, help="default results/model (results/encoders with --encoders)")
     args = parser.parse_args()
+    names = list(ENCODERS) if args.encoders else list(MAIN)
+    args.seconds = args.seconds or ([10, 30] if args.encoders else [2.5, 5, 10, 30])
+    args.out = args.out or HERE / "results" / ("encoders" if args.encoders else "model")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -206,16 +211,16 @@ def main() -> None:
         for seconds in args.seconds:
             n_q, frames = BITRATE_TO_NQ[kbps], round(seconds * FRAME_RATE)
             spec = dict(preset=args.preset, n_q=n_q, frames=frames, batch=args.batch, device=args.device)
-            row = dict(kbps=kbps, seconds=seconds, frames=frames, n_q=n_q, **compare(spec, args.repeats, args.min_seconds, args.max_seconds))
-            for name in MODELS:
+            row = dict(kbps=kbps, seconds=seconds, frames=frames, n_q=n_q,
+                       **compare(spec, names, args.repeats, args.min_seconds, args.max_seconds))
+            for name in names:
                 flops = dict(spec, model=name)
-                main_pair = name in ("mega", "flat")  # the memory estimate is for the main table only
-                base_bytes = estimate_peak_bytes(dict(flops, preset="base", device="cpu")) if main_pair else None
+                base_bytes = None if args.encoders else estimate_peak_bytes(dict(flops, preset="base", device="cpu"))
                 row[name].update(tflops=count_flops(flops) / 1e12, base_tflops=count_flops(dict(flops, preset="base")) / 1e12,
                                  base_estimated_mb=None if base_bytes is None else base_bytes / 2**20)
             rows.append(row)
             print(f"{kbps:>4} kbps {seconds:>5} s: " + " | ".join(f"{name} {row[name]['ms']:.0f} ms {row[name]['peak_mb']:.0f} MB"
-                                                                for name in MODELS) + f"  ({time.time() - started:.0f} s)",
+                                                                for name in names) + f"  ({time.time() - started:.0f} s)",
                   flush=True)
     config = build(dict(preset=args.preset, n_q=16))
     results = dict(
@@ -223,9 +228,9 @@ def main() -> None:
         threads=torch.get_num_threads(), torch=torch.__version__, preset=args.preset,
         config={k: v for k, v in config.to_dict().items() if k not in ("n_q", "codebook_size")}, batch=args.batch,
         memory_method="torch.cuda.max_memory_allocated" if args.device == "cuda" else "torch.profiler memory events (peak live tensor bytes)",
-        wall_seconds=time.time() - started, load_average=os.getloadavg()[0], rows=rows,
+        wall_seconds=time.time() - started, load_average=os.getloadavg()[0], cores=os.cpu_count(), rows=rows,
     )
-    write(results, args.out)
+    (write_encoders if args.encoders else write)(results, args.out)
 
 
 def write(results: dict, out: Path) -> None:
@@ -320,35 +325,49 @@ def write(results: dict, out: Path) -> None:
             base_flops = target["flat"]["base_tflops"] / target["mega"]["base_tflops"]
             lines[-1] += (f" Base preset: {base_flops:.1f}x fewer FLOPs and an estimated {base_memory:.1f}x less memory "
                           f"({verdict(base_memory >= 5)}).")
-    lines += variant_table(rows)
     lines += ["", f"Raw numbers (for a cost-vs-length plot): `{out.with_suffix('.json').name}`.", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def variant_table(rows: list[dict]) -> list[str]:
-    """Mega-AudioFormer with each global encoder, timed in the same loop as the table above (the flat model for scale)."""
-    names = [name for name in VARIANT_NAMES if all(name in r for r in rows)]
-    if len(names) < 2:
-        return []
+def write_encoders(results: dict, out: Path) -> None:
+    """The --encoders table: Mega-AudioFormer with each global encoder, timed side by side."""
+    out = write_json(results, out)
+    rows, names = results["rows"], list(ENCODERS)
     lines = [
-        "", "## Global encoders: attention, SummaryMixing, Branchformer", "",
-        "The same step for Mega-AudioFormer with each global encoder (`global_block` x `global_mixer`; the local encoder "
-        "is the same), timed in the same interleaved loop as the table above. SummaryMixing costs linear time in the "
-        "number of frames: each frame sees the mean of all frames instead of attending to each. Branchformer runs the "
-        "mixer and a convolutional gating MLP in parallel. Parameters and the base preset's FLOPs are counted; ms and "
-        "MB are measured on the timed preset.", "",
-        "| kbps | clip | " + " | ".join(f"{VARIANT_NAMES[n]} ms / MB" for n in names) + " | flat ms / MB |",
-        "|---:|---:|" + "---:|" * (len(names) + 1),
+        "# Global encoders: attention, SummaryMixing, Branchformer",
+        "",
+        "**What this measures.** The training step of the table above (batch "
+        f"{results['batch']}, forward + backward, same time and memory method) for Mega-AudioFormer with each global "
+        "encoder (`global_block` x `global_mixer`; the local encoder is the same), the four timed side by side, steps "
+        "interleaved. SummaryMixing is linear in the number of frames (each frame sees the mean of all frames, plus a "
+        "depthwise convolution for order); Branchformer runs the mixer and a convolutional gating MLP in parallel. "
+        f"Model: `{results['preset']}` with each encoder; device {results['device']} ({results['device_name'] or 'CPU'}), "
+        f"{results['threads']} thread(s), torch {results['torch']}; the run took {results['wall_seconds'] / 60:.1f} min. "
+        "Parameters and the base preset's FLOPs (fwd + bwd, heads on every token) are counted, not run. The flat "
+        "Transformer at the same lengths is in the table above.",
+        "",
+        f"Load average when the run ended: {results.get('load_average', float('nan')):.1f} on {results.get('cores')} "
+        "cores. Other jobs share this machine: when the load is above the core count, step times are inflated and "
+        "noisy (only the ratios of one row mean much, and even they drift), while peak memory and FLOPs do not depend "
+        "on load.",
+        "",
+        "| kbps | clip | " + " | ".join(f"{ENCODERS[n]} ms / MB" for n in names) + " |",
+        "|---:|---:|" + "---:|" * len(names),
     ]
     for r in rows:
-        cells = [f"{r[n]['ms']:,.0f} / {r[n]['peak_mb']:,.1f}" for n in [*names, "flat"]]
-        lines.append(f"| {r['kbps']:g} | {r['seconds']:g} s | " + " | ".join(cells) + " |")
-    longest = max(rows, key=lambda r: (r["kbps"], r["seconds"]))
-    lines += ["", "| global encoder | parameters (timed preset, 12 kbps) | base TFLOP at "
-                  f"{longest['kbps']:g} kbps / {longest['seconds']:g} s |", "|---|---:|---:|"]
-    lines += [f"| {VARIANT_NAMES[n]} | {longest[n]['params']:,} | {longest[n]['base_tflops']:.2f} |" for n in names]
-    return lines
+        lines.append(f"| {r['kbps']:g} | {r['seconds']:g} s | "
+                     + " | ".join(f"{r[n]['ms']:,.0f} / {r[n]['peak_mb']:,.1f}" for n in names) + " |")
+    lines += ["", "| kbps | clip | " + " | ".join(f"{ENCODERS[n]} base TFLOP" for n in names) + " |",
+              "|---:|---:|" + "---:|" * len(names)]
+    for r in rows:
+        lines.append(f"| {r['kbps']:g} | {r['seconds']:g} s | " + " | ".join(f"{r[n]['base_tflops']:.2f}" for n in names) + " |")
+    last = rows[-1]
+    lines += ["", "Parameters (timed preset, " f"n_q = {last['n_q']}): "
+              + ", ".join(f"{ENCODERS[n]} {last[n]['params']:,}" for n in names) + ".",
+              "", f"Raw numbers: `{out.with_suffix('.json').name}`.", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
