@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from stores import build_token_store, codes_store
 
@@ -18,8 +19,10 @@ from mega_audio.config import parse_config
 from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
 from mega_audio.models.checkpoint import read_checkpoint_config
+from mega_audio.models.config import model_config
+from mega_audio.models.masking import mask_tokens
 from mega_audio.models.mega import MegaAudioFormer
-from mega_audio.train.pretrain import RECIPES, PretrainConfig, lr_at, run
+from mega_audio.train.pretrain import RECIPES, PretrainConfig, build_model, lr_at, run
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "train" / "pretrain.py")
@@ -192,6 +195,22 @@ def test_stores_of_different_codecs_are_not_mixed(small_store, tmp_path):
 def test_a_mel_loss_on_a_store_without_features_is_refused_with_the_fix(small_store, tmp_path):
     with pytest.raises(ValueError, match=r"has none: re-tokenize it with --store-features logmel"):
         run(PretrainConfig(data=[str(small_store)], output_dir=str(tmp_path / "run"), cpu=True, mel_loss_weight=0.5))
+
+
+def test_continuing_a_mel_model_without_the_mel_loss_drops_its_head_so_every_parameter_gets_a_gradient(tmp_path):
+    """DDP needs a gradient on every parameter at every step: a mel head that no loss reaches must not be trained."""
+    with_head = MegaAudioFormer(model_config("tiny", 2, 1024, mel_bins=80))
+    with_head.save_pretrained(tmp_path / "mel-model")
+    codec = {"n_q": 2, "codebook_size": 1024}
+    cfg = PretrainConfig(init_from=str(tmp_path / "mel-model"), mel_loss_weight=0.0)
+    model, model_cfg = build_model(cfg, codec, None, n_mels=0)
+    assert model.mel_head is None and model_cfg.mel_bins == 0
+    codes = torch.randint(0, 1024, (2, 40, 2))
+    inputs, targets = mask_tokens(codes, ratio=0.5, generator=torch.Generator().manual_seed(0), mask_id=model_cfg.mask_id)
+    model(inputs, None, targets)[1].backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(ValueError, match="resume it with its --mel-loss-weight"):
+        build_model(cfg, codec, {"model": with_head.config.to_dict()}, n_mels=0)
 
 
 def test_linear_complexity_preset_trains_on_bestrq_8192_codes_with_a_mel_loss(tmp_path):

@@ -10,7 +10,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,13 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
     if model.config.mel_bins != n_mels and n_mels:
         raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
                          f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
+    if model.config.mel_bins and not n_mels:
+        if resume_state is not None:
+            raise ValueError("the run to resume was pre-trained with a mel loss: resume it with its --mel-loss-weight")
+        # continued without the mel loss: no loss would reach the head, and DDP's all-reduce waits for a gradient
+        # on every parameter (it would hang or fail at the second step); the exports would carry dead weights too
+        model.mel_head = None
+        model.config = replace(model.config, mel_bins=0)
     return model, model.config
 
 
