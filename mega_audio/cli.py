@@ -4,15 +4,20 @@ Every command is built the same way (mega_audio/config.py): its flags are the fi
 lives beside the code it configures; COMMANDS names it), `--config run.yaml` takes the same names as YAML keys, and
 the precedence is defaults < preset < YAML < flags. A command's dataclass (and the heavy modules behind it) is
 imported only when that command runs, so `mega-audio --help` stays fast.
+
+A user error (bad path, bad value, wrong store for a task, a mismatch: the ValueError family and missing files) is
+printed as one line, `error: <message>`, with exit code 2; `--debug` or MEGA_AUDIO_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,44 @@ class InspectConfig:
     shards: int = option(8, "shards to read for codebook usage")
 
 
+@dataclass
+class VerifyConfig:
+    store: str = option("", "token store directory", positional=True)
+    repair: bool = option(False, "move damaged shards aside (into quarantine/, never deleted) so the next tokenize "
+                                 "re-creates their clips")
+
+
+# ---------------------------------------------------------------------------------------------
+# user errors: one line, no traceback
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def error_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if "Original Traceback" in text:  # raised in a DataLoader worker: torch wraps it in the worker's traceback
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def user_errors(argv: list[str]) -> Iterator[None]:
+    """Turn a user error into `error: <message>` on stderr and exit code 2, unless --debug / MEGA_AUDIO_DEBUG=1."""
+    if "--debug" in argv:
+        os.environ["MEGA_AUDIO_DEBUG"] = "1"  # also for the processes a command starts (tokenize --nproc)
+    try:
+        yield
+    except USER_ERRORS as e:
+        if os.environ.get("MEGA_AUDIO_DEBUG", "0") not in ("", "0"):
+            raise
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # end an open progress bar's line first
+            bar.close()
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 # ---------------------------------------------------------------------------------------------
 # what each command does with its config
 
@@ -35,9 +78,22 @@ def run_tokenize(cfg) -> None:
     if cfg.nproc > 1:
         failed = tokenize_local(cfg)
         if failed:
-            sys.exit(f"{failed} of {cfg.nproc} tokenize processes failed; re-run the same command to finish")
+            print(f"error: {failed} of {cfg.nproc} tokenize processes failed (their errors are above); re-run the same "
+                  f"command to finish", file=sys.stderr)
+            sys.exit(2)
         return
     print(tokenize_summary(tokenize(cfg)))
+
+
+def run_verify(cfg: VerifyConfig) -> None:
+    from .data.verify import verify_store
+
+    report = verify_store(cfg.store, repair=cfg.repair)
+    for line in report.details():
+        print(line)
+    print(report.summary())
+    if not report.ok:
+        sys.exit(1)
 
 
 def run_inspect(cfg: InspectConfig) -> None:
@@ -131,6 +187,8 @@ COMMANDS: dict[str, Command] = {
                         "mega_audio.data.tokenize:TokenizeConfig", run_tokenize),
     "inspect": Command("Print a store's card, per-split counts and codebook usage.",
                        "mega_audio.cli:InspectConfig", run_inspect),
+    "verify": Command("Check a store against its manifest, failures and shard checksums; --repair moves damaged shards "
+                      "aside so the next tokenize re-creates their clips.", "mega_audio.cli:VerifyConfig", run_verify),
     "pretrain": Command("Masked-token pre-training on token stores (the same run as train/pretrain.py).",
                         "mega_audio.train.pretrain:PretrainConfig", run_pretrain,
                         presets="mega_audio.train.pretrain:RECIPES"),
@@ -183,14 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser, commands = build_parser(command)
     args = vars(parser.parse_args(argv))  # without a known command this prints the usage and exits
     name = args.pop("__command")
-    try:
+    with user_errors(argv):
         COMMANDS[name].run(config_from_args(config_class(name), args, commands[name], config_presets(name)))
-    except Exception as e:
-        from .data.manifest import ManifestError
-
-        if isinstance(e, ManifestError):  # data not where it should be: one line saying where, not a traceback
-            sys.exit(f"mega-audio {name}: {e}")
-        raise
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Precedence, lowest first: dataclass defaults < preset < YAML file (--config) < explicit CLI flags.
 A field `max_seconds` is the flag `--max-seconds` and the YAML key `max_seconds`; a field declared with
 `option(..., positional=True)` is a positional argument instead (`mega-audio inspect STORE`).
+Bounds (`option(..., min=1)`, `max=`; `above=` / `below=` for open bounds) and choices are checked once the values
+are merged, so a bad value from a flag or a YAML file stops the command before it does anything.
 Every `mega-audio` command and `train/pretrain.py` parse their flags here (see mega_audio/cli.py).
 """
 
@@ -23,7 +25,8 @@ T = TypeVar("T")
 
 def option(default: Any, help: str, *, positional: bool = False, required: bool = False, **kwargs: Any) -> Any:
     """A dataclass field with help text for its CLI flag. `positional` makes it a positional argument (required
-    unless a --config YAML gives it); `required` refuses an empty value after flags and YAML are merged."""
+    unless a --config YAML gives it); `required` refuses an empty value after flags and YAML are merged;
+    `min` / `max` (inclusive) and `above` / `below` (exclusive) bound a number, `choices` lists the allowed values."""
     metadata = {"help": help, "positional": positional, "required": required or positional, **kwargs}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -77,9 +80,11 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, presets: dict[str, Any] | None = None) -> None:
-    """One argument per dataclass field, plus --config (YAML) and, with presets, --preset."""
+    """One argument per dataclass field, plus --config (YAML), --debug and, with presets, --preset."""
     parser.add_argument("--config", dest="__config", metavar="FILE.yaml", default=None,
                         help="YAML file whose keys are the field names below (flags given too win)")
+    parser.add_argument("--debug", dest="__debug", action="store_true",
+                        help="show the full traceback of an error (also: MEGA_AUDIO_DEBUG=1)")
     if presets:
         parser.add_argument("--preset", dest="__preset", default=None, choices=sorted(presets),
                             help="start from a preset")
@@ -109,6 +114,7 @@ def config_from_args(cls: type[T], args: dict[str, Any], parser: argparse.Argume
     """Merge defaults < preset < YAML < the parsed flags `args` (only those given) into a `cls` instance."""
     args = dict(args)
     preset, yaml_path = args.pop("__preset", None), args.pop("__config", None)
+    args.pop("__debug", None)  # read from argv by the error handler (mega_audio/cli.py), which wraps the parsing too
     base = presets[preset] if preset else cls()
     values = dataclasses.asdict(base)
     if yaml_path:
@@ -122,7 +128,24 @@ def config_from_args(cls: type[T], args: dict[str, Any], parser: argparse.Argume
         choices = f.metadata.get("choices")
         if choices is not None and values[f.name] is not None and values[f.name] not in choices:
             parser.error(f"argument {flag(f)}: invalid choice: {values[f.name]!r} (choose from {', '.join(map(str, choices))})")
-    return cls(**values)
+    config = cls(**values)
+    check_bounds(config)
+    return config
+
+
+def check_bounds(config: Any) -> None:
+    """Refuse a number outside its field's bounds with one line naming the flag."""
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            low = f">= {meta['min']}" if "min" in meta and v < meta["min"] else None
+            high = f"<= {meta['max']}" if "max" in meta and v > meta["max"] else None
+            above = f"> {meta['above']}" if "above" in meta and v <= meta["above"] else None
+            below = f"< {meta['below']}" if "below" in meta and v >= meta["below"] else None
+            if low or high or above or below:
+                raise ValueError(f"{flag(f)} must be {low or high or above or below}, got {v}")
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None, presets: dict[str, T] | None = None,

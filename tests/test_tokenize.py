@@ -67,7 +67,7 @@ def test_bad_files_land_in_failures_log_and_nothing_else_is_lost(tmp_path):
     failed_paths = {f["path"]: f["reason"] for f in failures}
     assert set(failed_paths) == {str(p) for p in tree.faulty.values()}
     reasons = {kind: failed_paths[str(path)] for kind, path in tree.faulty.items()}
-    assert reasons["corrupt"].startswith("unreadable") and reasons["empty"].startswith("empty")
+    assert reasons["corrupt"] == "not audio / unknown format" and reasons["empty"].startswith("empty")
     assert "NaN" in reasons["nan"] and reasons["too_short"].startswith("too short")
     assert set(id_counts(tmp_path / "store")) == {c.id for c in read_manifest(tmp_path / "store" / "manifest.jsonl")
                                                   if c.path not in failed_paths}

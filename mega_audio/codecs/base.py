@@ -12,7 +12,7 @@ BITRATE_TO_NQ = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 SAMPLE_RATE, HOP, CODEBOOK_SIZE = 24_000, 320, 1024
 
 
-class CodecWeightsError(RuntimeError):
+class CodecWeightsError(ValueError):
     """The codec's weights could not be found or do not fit the model."""
 
 

@@ -7,10 +7,15 @@ Layout of a store directory:
     failures-r000.jsonl          clips a writer skipped, with the reason (one log per writer process)
     shards/train-r000-000000.tar     webdataset shard: per sample `<id>.codes.npy` + `<id>.json`
     shards/train-r000-000000.zarr/   or a zarr group: `codes (sum T, n_q)`, `offsets (N+1,)`, per-clip meta
-    shards/train-r000-000000.json    the shard's index; a shard exists only once its index does
+    shards/train-r000-000000.json    the shard's index (ids, labels, clip count, byte size, blake2b checksum);
+                                     a shard exists only once its index does
+    locks/r000-of-001.lock       the lease of the process writing slice 0 of 1 (PID and host inside)
+    quarantine/                  damaged shards `mega-audio verify --repair` moved aside (never deleted)
 
 A shard is written under a temporary name and renamed when complete, then its index is written
 (atomically too). A shard file without an index is an interrupted write and is removed on resume.
+One process writes one slice (rank, world_size): `WriterLease` refuses a second one, so shard and
+temporary names never collide. Readers check a shard's size and clip count against its index.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, file_digest, file_size
 from .shards import READERS, WRITERS, Sample
 
 FORMATS = ("wds", "zarr")
@@ -45,10 +53,24 @@ class ShardInfo:
     n: int  # clips
     frames: int  # sum of T over clips
     path: str
+    bytes: int | None = None  # size of the shard file (zarr: of its files); None in stores of older versions
+    checksum: str | None = None  # blake2b of the same bytes (fileio.file_digest)
 
     @property
     def index_path(self) -> Path:
         return Path(self.path).with_suffix(".json")
+
+
+class ShardError(ValueError):
+    """A shard that does not match its index: truncated, damaged or missing."""
+
+
+def shard_error(shard: ShardInfo, problem: str) -> ShardError:
+    store = Path(shard.path).parent.parent
+    error = ShardError(f"shard {shard.path} {problem}: run `mega-audio verify {store} --repair` to move it aside, "
+                       f"then the same `mega-audio tokenize` command to re-create its clips")
+    error.problem = problem
+    return error
 
 
 def remove_path(path: Path) -> None:
@@ -67,9 +89,11 @@ def write_shard(store: str | Path, name: str, fmt: str, samples: list[Sample]) -
     tmp = final.with_name(final.name + ".tmp")
     remove_path(tmp)
     WRITERS[fmt](tmp, samples)
+    size, checksum = file_size(tmp), file_digest(tmp)
     os.replace(tmp, final)
     split = samples[0][1]["split"]
-    info = ShardInfo(final.name, split, fmt, len(samples), int(sum(len(c) for c, _ in samples)), str(final))
+    info = ShardInfo(final.name, split, fmt, len(samples), int(sum(len(c) for c, _ in samples)), str(final),
+                     size, checksum)
     index = {**asdict(info), "ids": [m["id"] for _, m in samples], "labels": [m.get("labels", []) for _, m in samples]}
     del index["path"]
     atomic_write_text(info.index_path, json.dumps(index))
@@ -131,28 +155,108 @@ def clean_interrupted(store: str | Path, rank: int | None = None) -> list[Path]:
 # Reading
 
 
+def shard_indexes(store: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(index path, index) of every complete shard, sorted by name."""
+    for index_path in sorted((Path(store) / "shards").glob("*.json")):
+        yield index_path, json.loads(index_path.read_text())
+
+
 def list_shards(store: str | Path, split: str | None = None) -> list[ShardInfo]:
     """Complete shards (those with an index), sorted by name."""
-    shards = []
-    for index_path in sorted((Path(store) / "shards").glob("*.json")):
-        index = json.loads(index_path.read_text())
-        if split is None or index["split"] == split:
-            shards.append(ShardInfo(index["name"], index["split"], index["format"], index["n"], index["frames"],
-                                    str(index_path.with_name(index["name"]))))
-    return shards
+    return [ShardInfo(index["name"], index["split"], index["format"], index["n"], index["frames"],
+                      str(index_path.with_name(index["name"])), index.get("bytes"), index.get("checksum"))
+            for index_path, index in shard_indexes(store) if split is None or index["split"] == split]
+
+
+def clip_counts(store: str | Path) -> Counter[str]:
+    """How many complete shards hold each clip id (more than 1 = duplicated)."""
+    return Counter(clip_id for _, index in shard_indexes(store) for clip_id in index["ids"])
 
 
 def shard_ids(store: str | Path) -> set[str]:
     """Ids of every clip in a complete shard of the store."""
-    ids: set[str] = set()
-    for index_path in (Path(store) / "shards").glob("*.json"):
-        ids.update(json.loads(index_path.read_text())["ids"])
-    return ids
+    return set(clip_counts(store))
 
 
 def read_shard(shard: ShardInfo) -> Iterator[Sample]:
-    """Yield `(codes (T, n_q) int16, meta)` for every clip of one shard, in write order."""
-    return READERS[shard.format](shard.path)
+    """Yield `(codes (T, n_q) int16, meta)` for every clip of one shard, in write order. A shard whose size or clip
+    count differs from its index, or that cannot be decoded, raises ShardError naming it and the fix."""
+    path = Path(shard.path)
+    if not path.exists():
+        raise shard_error(shard, "is missing")
+    if shard.bytes is not None and (size := file_size(path)) != shard.bytes:
+        raise shard_error(shard, f"has {size:,} bytes, its index says {shard.bytes:,} (truncated or partly copied)")
+    return _read_checked(shard)
+
+
+def _read_checked(shard: ShardInfo) -> Iterator[Sample]:
+    n = 0
+    try:
+        for sample in READERS[shard.format](shard.path):
+            n += 1
+            yield sample
+    except Exception as e:  # tarfile, numpy, json and zarr each raise their own types on damaged bytes
+        raise shard_error(shard, f"cannot be decoded ({type(e).__name__}: {e})") from e
+    if n != shard.n:
+        raise shard_error(shard, f"holds {n} clips, its index says {shard.n}")
+
+
+def failure_logs(store: str | Path) -> list[Path]:
+    return sorted(Path(store).glob("failures-r*.jsonl"))
+
+
+def read_failures(store: str | Path) -> dict[str, dict[str, Any]]:
+    """Clip id -> its failure record (id, path, reason) from every writer's log. A last line cut short by a kill is
+    skipped: its clip is simply tried again."""
+    failures = {}
+    for log in failure_logs(store):
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            failures[record["id"]] = record
+    return failures
+
+
+def forget_failures(store: str | Path, ids: set[str]) -> None:
+    """Drop the failure records of `ids` (about to be retried) from every log, each rewritten atomically."""
+    for log in failure_logs(store):
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_id(line) not in ids]
+        if len(kept) != len(lines):
+            atomic_write_text(log, "".join(kept))
+
+
+def _record_id(line: str) -> str | None:
+    try:
+        return json.loads(line)["id"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class Accounting:
+    """Where the manifest's clips are. `complete`: every one is in exactly one shard or in the failures."""
+
+    missing: list[str]  # in no shard and not failed
+    duplicated: dict[str, int]  # id -> number of shards holding it
+    extra: list[str]  # in a shard but not in the manifest
+    failed: list[str]  # logged as failed and in no shard
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.duplicated
+
+
+def account(store: str | Path, manifest_ids: Iterable[str], counts: Counter[str] | None = None) -> Accounting:
+    """Compare the shard indexes (or `counts`, e.g. those of the sound shards only) with the manifest and failures."""
+    counts = clip_counts(store) if counts is None else counts
+    manifest_ids = set(manifest_ids)
+    failed = set(read_failures(store)) - set(counts)
+    return Accounting(missing=sorted(manifest_ids - set(counts) - failed),
+                      duplicated={i: n for i, n in sorted(counts.items()) if n > 1},
+                      extra=sorted(set(counts) - manifest_ids), failed=sorted(failed & manifest_ids))
 
 
 class TokenStore:
@@ -224,6 +328,78 @@ def store_lock(store: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class WriterLease:
+    """The exclusive right to write one slice (rank, world_size) of a store, held for the writer's lifetime.
+
+    `locks/r000-of-002.lock` is flock'ed (released by the kernel when the process dies, however it dies) and names its
+    holder. Writers of another world size would take overlapping slices, so they are refused too."""
+
+    def __init__(self, store: str | Path, rank: int, world_size: int):
+        self.dir = Path(store) / "locks"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"r{rank:03d}-of-{world_size:03d}.lock"
+        self.world_size, self.file = world_size, open(self.path, "a+")
+        if not _try_lock(self.file):
+            self.file.close()
+            raise ValueError(f"slice {rank} of {world_size} of {store} is being written by {_holder(self.path)}: "
+                             f"wait for it to finish or stop it (two writers of one slice would duplicate clips)")
+        _write_holder(self.file)
+        for other in sorted(self.dir.glob("r*-of-*.lock")):
+            if not other.name.endswith(f"-of-{world_size:03d}.lock") and _is_held(other):
+                self.release()
+                raise ValueError(f"{store} is being written by a run with another world size ({other.name}, "
+                                 f"{_holder(other)}): wait for it to finish, then re-run with one --nproc/WORLD_SIZE")
+
+    def release(self) -> None:
+        self.file.close()  # closing the descriptor drops the flock; the file stays (unlinking would race a new holder)
+
+
+@contextlib.contextmanager
+def all_slices_locked(store: str | Path) -> Iterator[None]:
+    """Hold every slice's lease (for `verify --repair`): refuses while any writer runs, and keeps new ones out."""
+    held = []
+    try:
+        for path in sorted((Path(store) / "locks").glob("r*-of-*.lock")):
+            f = open(path, "a+")
+            if not _try_lock(f):
+                f.close()
+                raise ValueError(f"{store} is being written by {_holder(path)}: repair it once that run has finished")
+            _write_holder(f)
+            held.append(f)
+        yield
+    finally:
+        for f in held:
+            f.close()
+
+
+def _try_lock(f) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _is_held(path: Path) -> bool:
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+
+
+def _write_holder(f) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+
+
+def _holder(path: Path) -> str:
+    return path.read_text().strip() or f"another process (holder of {path})"
+
+
 def summarize_shards(shards: list[ShardInfo], frame_rate: float) -> dict[str, dict[str, float]]:
     splits: dict[str, dict[str, float]] = {}
     for s in shards:
@@ -241,11 +417,7 @@ def write_card(store: str | Path, codec: dict[str, Any], fmt: str, dataset: str,
     store = Path(store)
     shards = list_shards(store)
     if label_vocab is None:
-        observed: set[str] = set()
-        for index_path in (store / "shards").glob("*.json"):
-            for labels in json.loads(index_path.read_text())["labels"]:
-                observed.update(labels)
-        label_vocab = sorted(observed)
+        label_vocab = sorted({label for _, index in shard_indexes(store) for labels in index["labels"] for label in labels})
     card = {
         "format": fmt,
         "dataset": dataset,

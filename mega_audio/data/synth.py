@@ -28,8 +28,8 @@ VOWEL_FORMANTS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 
 @dataclass
 class SynthConfig:
     out: str = option("", "folder to write <label>/<files> into", positional=True)
-    per_class: int = option(40, "clips per class")
-    seconds: float = option(4.0, "clip length")
+    per_class: int = option(40, "clips per class", min=1)
+    seconds: float = option(4.0, "clip length", above=0)
     seed: int = option(0, "random seed")
 
 

@@ -1,14 +1,22 @@
-"""The tokenize stage: manifest slice -> read/resample (DataLoader workers) -> batched encode -> shard writer thread."""
+"""The tokenize stage: manifest slice -> read/resample (DataLoader workers) -> batched encode -> shard writer thread.
+
+One process writes one slice of the manifest under a `WriterLease`; `--nproc N` starts N such processes, forwards
+SIGINT/SIGTERM to them, and they die with it (so a killed launcher leaves no orphan writing the store)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import queue
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +32,11 @@ from .recipes import RECIPES, build_manifest, recipe_options
 from .store import (
     FORMATS,
     ShardWriter,
+    WriterLease,
+    account,
     clean_interrupted,
+    forget_failures,
+    read_failures,
     shard_ids,
     store_lock,
     write_card,
@@ -32,6 +44,8 @@ from .store import (
 
 if TYPE_CHECKING:
     from ..codecs.logmel import LogMel
+
+LAUNCHER_ENV = "MEGA_AUDIO_LAUNCHER_PID"  # set by tokenize_local in the processes it starts
 
 
 @dataclass
@@ -56,15 +70,17 @@ class TokenizeConfig:
     compile: bool = option(False, "torch.compile the Encodec encoder: ~1.2x faster after 10-30 s of compiling per process")
     format: str = option("wds", "store format", choices=list(FORMATS))
     manifest: str | None = option(None, "use this manifest instead of building <out>/manifest.jsonl")
-    shard_size: int = option(1000, "clips per shard")
-    batch_size: int = option(8, "clips per encoder batch (similar lengths are batched together)")
-    num_workers: int = option(2, "DataLoader processes that read and resample audio")
-    min_seconds: float = option(0.1, "shorter clips are logged as failures")
+    shard_size: int = option(1000, "clips per shard", min=1)
+    batch_size: int = option(8, "clips per encoder batch (similar lengths are batched together)", min=1)
+    num_workers: int = option(2, "DataLoader processes that read and resample audio", min=0)
+    min_seconds: float = option(0.1, "shorter clips are logged as failures", min=0)
     seed: int = option(0, "seed of the manifest's random splits")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
-    nproc: int = option(1, "local processes, one slice each (for many nodes use torchrun or a Slurm array)")
-    rank: int | None = option(None, "this process's slice (default: RANK or SLURM_ARRAY_TASK_ID env, else 0)")
-    world_size: int | None = option(None, "number of slices (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT env, else 1)")
+    nproc: int = option(1, "local processes, one slice each (for many nodes use torchrun or a Slurm array)", min=1)
+    rank: int | None = option(None, "this process's slice (default: RANK or SLURM_ARRAY_TASK_ID env, else 0)", min=0)
+    world_size: int | None = option(None, "number of slices (default: WORLD_SIZE or SLURM_ARRAY_TASK_COUNT env, else 1)",
+                                    min=1)
+    retry_failed: bool = option(False, "try the clips logged in failures-r*.jsonl again (e.g. after fixing the files)")
 
 
 def process_slice(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -94,13 +110,6 @@ def ensure_manifest(cfg: TokenizeConfig) -> list[Clip]:
                 raise ValueError(f"no audio found for dataset {cfg.dataset!r} under {cfg.data_root}")
             write_manifest(path, clips)
     return read_manifest(path)
-
-
-def failed_ids(store: Path) -> set[str]:
-    ids = set()
-    for log in store.glob("failures-r*.jsonl"):
-        ids.update(json.loads(line)["id"] for line in log.read_text().splitlines() if line.strip())
-    return ids
 
 
 class _ReadClips(torch.utils.data.Dataset):
@@ -157,22 +166,70 @@ class _WriterThread(threading.Thread):
 
 
 def tokenize_local(cfg: TokenizeConfig) -> int:
-    """Run `cfg.nproc` tokenize processes on this machine, one slice each; returns how many failed."""
-    ensure_manifest(cfg)
+    """Run `cfg.nproc` tokenize processes on this machine, one slice each; returns how many failed.
+    SIGINT/SIGTERM are passed on to them, and each dies with this process (see die_with_launcher)."""
+    with removed_if_failed(cfg.out):
+        _check_card_settings(Path(cfg.out), cfg)
+        ensure_manifest(cfg)
+    env = {**os.environ, LAUNCHER_ENV: str(os.getpid())}
     procs = [subprocess.Popen([sys.executable, "-m", "mega_audio.cli", "tokenize", *to_argv(cfg), "--nproc", "1",
-                               "--rank", str(r), "--world-size", str(cfg.nproc)]) for r in range(cfg.nproc)]
-    return sum(p.wait() != 0 for p in procs)
+                               "--rank", str(r), "--world-size", str(cfg.nproc)], env=env) for r in range(cfg.nproc)]
+
+    def forward(signum: int, _frame) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return sum(p.wait() != 0 for p in procs)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def die_with_launcher() -> None:
+    """In a process started by tokenize_local: ask the kernel to SIGTERM it when the launcher dies (Linux), and stop
+    now if the launcher is already gone; a killed launcher then leaves no orphan holding a slice."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher:
+        return
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):
+        sys.exit("tokenize: the --nproc launcher that started this process is gone")
+
+
+@contextlib.contextmanager
+def removed_if_failed(out: str) -> Iterator[None]:
+    """A command that fails leaves no empty store behind: remove `out` if this call created it and it holds nothing but
+    lock files (a manifest, card or shard of another process is never touched)."""
+    existed = Path(out).exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and Path(out).is_dir() and {p.name for p in Path(out).iterdir()} <= {".lock", "locks"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize this process's slice of the manifest into `cfg.out`; safe to re-run after a crash."""
+    if not cfg.out:
+        raise ValueError("--out is required: the token store directory")
+    die_with_launcher()
+    with removed_if_failed(cfg.out):
+        return _tokenize(cfg)
+
+
+def _tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     from ..codecs import load_codec
     from ..codecs.logmel import LogMel
 
-    if not cfg.out:
-        raise ValueError("--out is required: the token store directory")
     store = Path(cfg.out)
     rank, world_size = process_slice(cfg.rank, cfg.world_size)
+    _check_card_settings(store, cfg)
     device = cfg.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{rank % torch.cuda.device_count()}"  # one GPU per local process
@@ -181,18 +238,29 @@ def tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
                        codebook_size=cfg.codebook_size, normalize=cfg.bestrq_norm)
     log_mel = LogMel(device=str(codec.device)) if cfg.store_features == "logmel" else None
     _refuse_other_codec(store, codec.card(), feature_card(log_mel, codec.frame_rate))
-    _update_card(store, cfg, codec.card(), clips, log_mel)
+    lease = WriterLease(store, rank, world_size)  # from here on this process alone writes this slice
+    try:
+        return _tokenize_slice(cfg, store, codec, log_mel, clips, rank, world_size)
+    finally:
+        lease.release()
 
+
+def _tokenize_slice(cfg: TokenizeConfig, store: Path, codec, log_mel: LogMel | None, clips: list[Clip], rank: int,
+                    world_size: int) -> dict[str, Any]:
+    _update_card(store, cfg, codec.card(), clips, log_mel)
     clean_interrupted(store, rank)
-    skip = shard_ids(store) | failed_ids(store)
     my_slice = sorted(clips, key=lambda c: c.id)[rank::world_size]
-    todo = [c for c in my_slice if c.id not in skip]
+    done, failed = shard_ids(store), set(read_failures(store))
+    if cfg.retry_failed:
+        forget_failures(store, {c.id for c in my_slice} & failed - done)
+        failed = set()
+    todo = [c for c in my_slice if c.id not in done and c.id not in failed]
     todo.sort(key=lambda c: (c.split, c.duration or 0.0))  # similar lengths share a batch: little padding
 
     stats = {"ok": 0, "failed": 0, "frames": 0, "seconds": 0.0}
     writer = _WriterThread(ShardWriter(store, cfg.format, rank, cfg.shard_size))
     writer.start()
-    failures = open(store / f"failures-r{rank:03d}.jsonl", "a")
+    failures = _open_log(store / f"failures-r{rank:03d}.jsonl")
     start = time.time()
     loader = torch.utils.data.DataLoader(_ReadClips(todo, codec.sample_rate, cfg.min_seconds), batch_size=1,
                                          collate_fn=_first, num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers else None)
@@ -240,10 +308,40 @@ def feature_card(log_mel: LogMel | None, frame_rate: float) -> dict[str, Any]:
                        "log": "natural log of mel power + 1e-6", "mb_per_hour": round(bytes_per_hour / 1e6, 1)}}
 
 
-def _refuse_other_codec(store: Path, codec_card: dict[str, Any], features: dict[str, Any]) -> None:
+def _open_log(path: Path):
+    """Open a failures log for appending; a last line cut short by a kill is ended first (records are ASCII JSON)."""
+    log = open(path, "a+")
+    if log.tell():
+        log.seek(log.tell() - 1)
+        if log.read(1) != "\n":
+            log.write("\n")
+    return log
+
+
+def _existing_card(store: Path) -> dict[str, Any] | None:
     card_path = store / "dataset.json"
-    if card_path.exists():
-        card = json.loads(card_path.read_text())
+    return json.loads(card_path.read_text()) if card_path.exists() else None
+
+
+def _check_card_settings(store: Path, cfg: TokenizeConfig) -> None:
+    """The card cannot lie: a re-run must use the store's format, dataset and data root."""
+    card = _existing_card(store)
+    if card is None:
+        return
+    before = card.get("tokenize", {})
+    same_root = not cfg.data_root or not before.get("data_root") or \
+        Path(cfg.data_root).resolve() == Path(before["data_root"]).resolve()
+    for what, now, then, same in (("--format", cfg.format, card["format"], cfg.format == card["format"]),
+                                  ("--dataset", cfg.dataset, card["dataset"], cfg.dataset == card["dataset"]),
+                                  ("--data-root", cfg.data_root, before.get("data_root"), same_root)):
+        if not same:
+            raise ValueError(f"{store} was tokenized with {what} {then}, this run says {now}: re-run with {what} "
+                             f"{then} to complete it, or write to a new --out")
+
+
+def _refuse_other_codec(store: Path, codec_card: dict[str, Any], features: dict[str, Any]) -> None:
+    card = _existing_card(store)
+    if card is not None:
         existing = card["codec"]
         if existing["fingerprint"] != codec_card["fingerprint"] or existing["n_q"] != codec_card["n_q"]:
             raise ValueError(f"{store} holds tokens of another codec ({existing['name']}, n_q={existing['n_q']}, "
@@ -251,18 +349,18 @@ def _refuse_other_codec(store: Path, codec_card: dict[str, Any], features: dict[
         if card.get("features", {}) != features and card.get("shards"):
             raise ValueError(f"{store} holds features {sorted(card.get('features', {})) or 'none'}, this run would "
                              f"write {sorted(features) or 'none'}: pass the same --store-features or write to a new --out")
-    store.mkdir(parents=True, exist_ok=True)
 
 
 def _update_card(store: Path, cfg: TokenizeConfig, codec_card: dict[str, Any], clips: list[Clip],
                  log_mel: LogMel | None = None) -> dict[str, Any]:
-    """Rebuild dataset.json under the store lock; `complete` says every manifest clip is in a shard or the failures."""
+    """Rebuild dataset.json under the store lock; `complete`: every manifest clip is in exactly one shard or failed."""
     with store_lock(store):
-        failed = failed_ids(store)
-        accounted = shard_ids(store) | failed
-        settings = {k: v for k, v in to_dict(cfg).items() if k not in ("rank", "world_size")}
-        extra = {"complete": all(c.id in accounted for c in clips), "manifest_clips": len(clips),
-                 "failed": len(failed), "tokenize": settings,
+        accounting = account(store, (c.id for c in clips))
+        settings = {k: v for k, v in to_dict(cfg).items() if k not in ("rank", "world_size", "retry_failed")}
+        if settings["data_root"]:
+            settings["data_root"] = str(Path(settings["data_root"]).resolve())
+        extra = {"complete": accounting.complete, "manifest_clips": len(clips), "failed": len(accounting.failed),
+                 "tokenize": settings,
                  **({"features": features} if (features := feature_card(log_mel, codec_card["frame_rate"])) else {})}
         return write_card(store, codec_card, cfg.format, cfg.dataset, extra=extra)
 

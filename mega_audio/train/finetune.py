@@ -38,33 +38,37 @@ class FinetuneConfig:
     scratch: bool = option(False, "start from random weights instead (the Table 1 'scratch' row)")
     model: str = option("tiny", "model preset with --scratch (--init takes the checkpoint's)", choices=sorted(PRESETS))
     augment: str = option("none", "training augmentation", choices=list(AUGMENTS))
-    chunk_drop: float = option(0.25, "chunk-drop: the one dropped span is 1 frame to this fraction of the clip")
+    chunk_drop: float = option(0.25, "chunk-drop: the one dropped span is 1 frame to this fraction of the clip",
+                               above=0, max=1)
     freeze: bool = option(False, "frozen probe: encoder frozen (run once per clip, features cached), head = one "
                                  "hidden layer with dropout trained for --epochs on the features")
-    hidden: int = option(512, "hidden width of the frozen probe's head")
-    head_dropout: float = option(0.25, "dropout in the frozen probe's head (0.25, as the linear-complexity SSL paper probes)")
+    hidden: int = option(512, "hidden width of the frozen probe's head", min=1)
+    head_dropout: float = option(0.25, "dropout in the frozen probe's head (0.25, as the linear-complexity SSL paper probes)",
+                                 min=0, below=1)
     probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
                                       "mean (of all layers) or a layer number")
     lp_epochs: int = option(0, "LP-FT: before fine-tuning, fit the linear head for this many epochs on the frozen "
-                               "encoder's cached features, so a random head does not distort pre-trained features")
-    lr: float = option(3e-4, "peak learning rate (AdamW, linear warm-up then cosine decay)")
-    weight_decay: float = option(0.01, "AdamW weight decay on matrices and embeddings")
-    warmup: float = option(0.1, "fraction of the steps spent warming up")
-    epochs: int = option(10, "passes over the train split (every rank runs the same number of steps)")
-    max_steps: int | None = option(None, "stop after this many steps, overriding --epochs")
-    batch_size: int = option(16, "clips per step and process")
-    max_seconds: float = option(10.0, "training window: longer clips are randomly cropped to it")
+                               "encoder's cached features, so a random head does not distort pre-trained features",
+                            min=0)
+    lr: float = option(3e-4, "peak learning rate (AdamW, linear warm-up then cosine decay)", above=0)
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices and embeddings", min=0)
+    warmup: float = option(0.1, "fraction of the steps spent warming up", min=0, below=1)
+    epochs: int = option(10, "passes over the train split (every rank runs the same number of steps)", min=1)
+    max_steps: int | None = option(None, "stop after this many steps, overriding --epochs", min=1)
+    batch_size: int = option(16, "clips per step and process", min=1)
+    max_seconds: float = option(10.0, "training window: longer clips are randomly cropped to it", above=0)
     eval_mode: str = option(DEFAULT_EVAL_MODE, "clips longer than the window at evaluation: chunks (default: the mean "
                                                "logits of consecutive windows, the length training saw) or whole",
                             choices=list(EVAL_MODES))
-    eval_batch_size: int = option(32, "clips per evaluation batch")
+    eval_batch_size: int = option(32, "clips per evaluation batch", min=1)
     split: str | None = option(None, "gtzan: filtered (default, the fault-filtered split) or random (a seeded stratified "
                                      "80/10/10 split of all 1,000 clips, what the paper's whole-percent figures imply)")
-    valid_fraction: float = option(0.1, "held-out share of train used for selection when there is no valid split")
+    valid_fraction: float = option(0.1, "held-out share of train used for selection when there is no valid split",
+                                   min=0, below=1)
     train_split: str | None = option(None, "override the task's train split")
     valid_split: str | None = option(None, "override the task's valid split ('holdout' = a slice of train)")
     test_split: str | None = option(None, "override the task's test split")
-    num_workers: int = option(0, "DataLoader worker processes per rank")
+    num_workers: int = option(0, "DataLoader worker processes per rank", min=0)
     seed: int = option(0, "seeds weights, data order, crops and augmentation")
     output_dir: str = option("runs/finetune", "results.json, reports, confusion.png and the checkpoint go here")
     cpu: bool = option(False, "run on the CPU even when a GPU is visible (Accelerator(cpu=True))")

@@ -37,14 +37,14 @@ class EvaluateConfig:
     data: str = option("", "token store made with the checkpoint's codec", required=True)
     split: str | None = option(None, "store split (default: the test split the checkpoint was fine-tuned with)")
     eval_mode: str | None = option(None, "whole or chunks (default: as fine-tuned)", choices=list(EVAL_MODES))
-    batch_size: int = option(32, "clips per batch")
+    batch_size: int = option(32, "clips per batch", min=1)
 
 
 @dataclass
 class PredictConfig:
     files: list[str] = option([], "audio files, or .npy token files (T, n_q)", positional=True)
     checkpoint: str = option("", "a `mega-audio finetune` output dir", required=True)
-    top_k: int = option(5, "labels to print per file")
+    top_k: int = option(5, "labels to print per file", min=1)
     codec_weights: str | None = option(None, "Encodec weights, if not where the checkpoint's card says")
     json: bool = option(False, 'print one JSON line per file: {"path": ..., "top": [[label, probability], ...]}')
 
@@ -59,8 +59,8 @@ class EmbedConfig:
     split: str | None = option(None, "one split (default: all)")
     eval_mode: str | None = option(None, "chunks (windows of --max-seconds averaged) or whole (default: as the checkpoint "
                                          "was fine-tuned, else chunks)", choices=list(EVAL_MODES))
-    max_seconds: float | None = option(None, "window for chunks (default: the checkpoint's training window)")
-    batch_size: int = option(32, "clips per batch")
+    max_seconds: float | None = option(None, "window for chunks (default: the checkpoint's training window)", above=0)
+    batch_size: int = option(32, "clips per batch", min=1)
 
 
 def load_classifier(checkpoint: str | Path, device: str = "cpu") -> tuple[AudioClassifier, dict]:

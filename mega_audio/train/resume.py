@@ -1,5 +1,6 @@
-"""Training state for exact resume: `checkpoints/step_XXXXXXX/` (accelerate's save_state + trainer_state.json),
-written under a temporary name and renamed, the newest few kept; and finding the one to continue from."""
+"""Training state for exact resume: `checkpoints/step_XXXXXXX/` (accelerate's save_state + trainer_state.json, which
+records every file's size and checksum), written under a temporary name and renamed, the newest few kept; and finding
+the newest sound one to continue from (a damaged checkpoint is skipped with a warning that names it)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, file_digest
 from .loop import check_codec
 
 STATE_NAME = "trainer_state.json"
@@ -38,7 +40,8 @@ def save_training_state(accelerator, output_dir: str | Path, state: dict, keep: 
     accelerator.save_state(str(tmp))  # every rank writes its RNG state; the main rank the model and optimizer
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_text(tmp / STATE_NAME, json.dumps(state, indent=1))
+        files = {p.name: {"bytes": p.stat().st_size, "blake2b": file_digest(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        atomic_write_text(tmp / STATE_NAME, json.dumps({**state, "files": files}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -57,14 +60,36 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint (None: every file matches the size and checksum trainer_state.json recorded)."""
+    try:
+        state = read_training_state(checkpoint)
+    except (OSError, ValueError) as e:
+        return f"{STATE_NAME} is unreadable ({type(e).__name__})"
+    for name, expected in state.get("files", {}).items():  # checkpoints of older versions record no files
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"] or file_digest(path) != expected["blake2b"]:
+            return f"{name} is damaged (size or checksum differs from {STATE_NAME})"
+    return None
+
+
 def find_resume(output_dir: str | Path, resume: bool, codec: dict, data: list[str]) -> tuple[Path | None, dict | None]:
-    """The checkpoint to continue from (None for a fresh run), after checking it was trained on this codec."""
+    """The newest sound checkpoint to continue from (None for a fresh run), after checking it was trained on this
+    codec. A damaged newer checkpoint is skipped with a warning that names it."""
     existing = training_checkpoints(output_dir)
     if existing and not resume:
         raise ValueError(f"{output_dir} already holds checkpoints ({existing[-1].name}): pass --resume to continue "
                          f"that run, or choose a new --output-dir")
     if not (resume and existing):
         return None, None
-    state = read_training_state(existing[-1])
-    check_codec(state["codec"], codec, existing[-1], data)
-    return existing[-1], state
+    for checkpoint in reversed(existing):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            state = read_training_state(checkpoint)
+            check_codec(state["codec"], codec, checkpoint, data)
+            return checkpoint, state
+        print(f"warning: skipping damaged checkpoint {checkpoint}: {problem}", file=sys.stderr)
+    raise ValueError(f"every checkpoint in {Path(output_dir) / 'checkpoints'} is damaged (see the warnings above): "
+                     f"move them aside to start over, or choose a new --output-dir")
