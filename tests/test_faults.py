@@ -260,11 +260,11 @@ def test_a_rerun_with_another_format_dataset_or_data_root_is_refused(tmp_path):
 # 6. user errors are one line
 
 
-USER_ERRORS = {  # argv (STORE = a real store, TMP = a fresh folder) -> words the one line must hold
+USER_ERRORS = {  # argv (STORE = a real store, AUDIO = its audio, TMP = a fresh folder) -> words the line must hold
     "tokenize with a missing data root": (["tokenize", "--data-root", "TMP/nowhere", "--out", "TMP/out"], "nowhere"),
     "tokenize an unknown dataset": (["tokenize", "--dataset", "nosuch", "--data-root", "TMP", "--out", "TMP/out"],
                                     "nosuch"),
-    "tokenize at 7 kbps": (["tokenize", "--bitrate", "7", "--data-root", "TMP", "--out", "TMP/out"], "bitrate 7"),
+    "tokenize at 7 kbps": (["tokenize", "--bitrate", "7", "--data-root", "AUDIO", "--out", "TMP/out"], "bitrate 7"),
     "tokenize --shard-size 0": (["tokenize", "--shard-size", "0", "--out", "TMP/out"], "--shard-size"),
     "tokenize --nproc 0": (["tokenize", "--nproc", "0", "--out", "TMP/out"], "--nproc"),
     "inspect a missing store": (["inspect", "TMP/nostore"], "nostore"),
@@ -286,7 +286,8 @@ def test_user_errors_are_one_line_with_exit_code_2_and_leave_no_store(case, smal
                                                                       monkeypatch):
     monkeypatch.setenv("MEGA_AUDIO_DEBUG", "0")  # restored after the test: --debug below sets it
     argv, words = USER_ERRORS[case]
-    argv = [a.replace("STORE", str(small_store)).replace("TMP", str(tmp_path)) for a in argv]
+    argv = [a.replace("STORE", str(small_store)).replace("AUDIO", str(small_store.parent / "audio"))
+            .replace("TMP", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert_one_line_error(exit_.value.code, capsys.readouterr().err, words)

@@ -372,6 +372,11 @@ def all_slices_locked(store: str | Path) -> Iterator[None]:
             f.close()
 
 
+def writers_active(store: str | Path) -> bool:
+    """Whether any process holds a slice of the store now."""
+    return any(_is_held(path) for path in (Path(store) / "locks").glob("r*-of-*.lock"))
+
+
 def _try_lock(f) -> bool:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -40,6 +40,7 @@ from .store import (
     shard_ids,
     store_lock,
     write_card,
+    writers_active,
 )
 
 if TYPE_CHECKING:
@@ -203,14 +204,16 @@ def die_with_launcher() -> None:
 
 @contextlib.contextmanager
 def removed_if_failed(out: str) -> Iterator[None]:
-    """A command that fails leaves no empty store behind: remove `out` if this call created it and it holds nothing but
-    lock files (a manifest, card or shard of another process is never touched)."""
+    """A command that fails leaves no empty store behind: remove `out` if this call created it and it holds no card,
+    no shard and no other writer (its own manifest goes too)."""
     existed = Path(out).exists()
     try:
         yield
     except BaseException:
-        if not existed and Path(out).is_dir() and {p.name for p in Path(out).iterdir()} <= {".lock", "locks"}:
-            shutil.rmtree(out, ignore_errors=True)
+        store = Path(out)
+        if not existed and store.is_dir() and not (store / "dataset.json").exists() \
+                and not any((store / "shards").glob("*")) and not writers_active(store):
+            shutil.rmtree(store, ignore_errors=True)
         raise
 
 
