@@ -82,6 +82,7 @@ bench: install
 	$(PY) bench/model.py
 	$(PY) bench/model.py --encoders
 	$(PY) bench/pretrain.py
+	$(PY) bench/faults.py
 	$(PY) bench/collect.py
 
 # Real-audio benchmark data from Debian packages (not part of CI; about 1.9 GB out + 0.5 GB package cache, ~4 min on

@@ -324,19 +324,19 @@ def test_resume_skips_a_damaged_newest_checkpoint_naming_it(small_store, tmp_pat
 # 8. a killed launcher
 
 
-def test_killing_the_nproc_launcher_kills_its_ranks(tmp_path):
+def test_killing_the_nproc_launcher_kills_its_ranks_and_their_readers(tmp_path):
     write_folder_tree(tmp_path / "audio", labels=tuple(f"c{i}" for i in range(4)), per_label=8, seconds=1.0)
-    launcher = subprocess.Popen([sys.executable, "-m", "mega_audio.cli", *cli_args(tmp_path, "--nproc", "2",
-                                 "--batch-size", "1", "--shard-size", "1")], env=ENV, stdout=subprocess.DEVNULL,
+    args = cli_args(tmp_path, "--nproc", "2", "--batch-size", "1", "--shard-size", "1", "--num-workers", "1")
+    launcher = subprocess.Popen([sys.executable, "-m", "mega_audio.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    parent = psutil.Process(launcher.pid)
-    deadline = time.time() + 120
-    while len(ranks := parent.children()) < 2 and time.time() < deadline and launcher.poll() is None:
-        time.sleep(0.01)
-    assert len(ranks) == 2, "the launcher did not start its ranks"
+    shards, deadline = tmp_path / "store" / "shards", time.time() + 120
+    while not list(shards.glob("*.json")) and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.005)
+    descendants = psutil.Process(launcher.pid).children(recursive=True)  # 2 ranks + a DataLoader reader each
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    psutil.wait_procs(ranks, timeout=120)
-    assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+    assert len(descendants) == 4, "the launcher did not start its ranks and their readers"
+    psutil.wait_procs(descendants, timeout=60)
+    assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     # the ranks died with the launcher instead of finishing the store on their own
-    assert not (tmp_path / "store" / "dataset.json").exists() or not TokenStore(tmp_path / "store").card["complete"]
+    assert not TokenStore(tmp_path / "store").card["complete"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import queue
@@ -189,17 +190,26 @@ def tokenize_local(cfg: TokenizeConfig) -> int:
             signal.signal(sig, handler)
 
 
-def die_with_launcher() -> None:
-    """In a process started by tokenize_local: ask the kernel to SIGTERM it when the launcher dies (Linux), and stop
-    now if the launcher is already gone; a killed launcher then leaves no orphan holding a slice."""
-    launcher = os.environ.get(LAUNCHER_ENV)
-    if not launcher:
-        return
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux), and stop now if `parent` is already
+    gone (it may have died before this call)."""
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):
-        sys.exit("tokenize: the --nproc launcher that started this process is gone")
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        sys.exit("tokenize: the process that started this one is gone")
+
+
+def die_with_launcher() -> None:
+    """In a process started by tokenize_local: die with the launcher, so a killed launcher leaves no orphan holding a
+    slice."""
+    if launcher := os.environ.get(LAUNCHER_ENV):
+        die_with_parent(int(launcher))
+
+
+def _worker_dies_with_tokenizer(parent: int, _worker_id: int) -> None:
+    # DataLoader workers of a killed tokenize process were seen to outlive it (sleeping, reparented to PID 1)
+    die_with_parent(parent, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -266,7 +276,9 @@ def _tokenize_slice(cfg: TokenizeConfig, store: Path, codec, log_mel: LogMel | N
     failures = _open_log(store / f"failures-r{rank:03d}.jsonl")
     start = time.time()
     loader = torch.utils.data.DataLoader(_ReadClips(todo, codec.sample_rate, cfg.min_seconds), batch_size=1,
-                                         collate_fn=_first, num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers else None)
+                                         collate_fn=_first, num_workers=cfg.num_workers,
+                                         prefetch_factor=4 if cfg.num_workers else None,
+                                         worker_init_fn=functools.partial(_worker_dies_with_tokenizer, os.getpid()))
     batch: list[tuple[Clip, np.ndarray]] = []
 
     def encode_batch() -> None:
