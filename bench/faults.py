@@ -343,7 +343,7 @@ def pretrain_kills(cmds: Commands, work: Path, rng: random.Random, steps: int = 
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline:
             ckpts = out / "checkpoints"
-            writing = [p for p in ckpts.glob("step_*.tmp")] if ckpts.exists() else []
+            writing = list(ckpts.glob("step_*.tmp")) if ckpts.exists() else []
             if when == "checkpoint write" and any(int(p.name[5:12]) >= 9 for p in writing):  # a good one exists
                 break
             done = (out / "debug" / "rank0.jsonl")
