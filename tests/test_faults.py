@@ -325,17 +325,23 @@ def test_resume_skips_a_damaged_newest_checkpoint_naming_it(small_store, tmp_pat
 
 
 def test_killing_the_nproc_launcher_kills_its_ranks_and_their_readers(tmp_path):
-    write_folder_tree(tmp_path / "audio", labels=tuple(f"c{i}" for i in range(4)), per_label=8, seconds=1.0)
+    write_folder_tree(tmp_path / "audio", labels=tuple(f"c{i}" for i in range(4)), per_label=16, seconds=2.0)
     args = cli_args(tmp_path, "--nproc", "2", "--batch-size", "1", "--shard-size", "1", "--num-workers", "1")
     launcher = subprocess.Popen([sys.executable, "-m", "mega_audio.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    shards, deadline = tmp_path / "store" / "shards", time.time() + 120
-    while not list(shards.glob("*.json")) and time.time() < deadline and launcher.poll() is None:
-        time.sleep(0.005)
-    descendants = psutil.Process(launcher.pid).children(recursive=True)  # 2 ranks + a DataLoader reader each
+    deadline, descendants = time.time() + 120, []
+    while time.time() < deadline and launcher.poll() is None:  # until 2 ranks + a DataLoader reader each are working
+        descendants = psutil.Process(launcher.pid).children(recursive=True)
+        if len(descendants) == 4:
+            break
+        time.sleep(0.002)
+    for p in descendants:
+        p.suspend()  # frozen mid-slice, so the test does not depend on how fast they are
+    assert len(descendants) == 4, "the launcher did not start its ranks and their readers"
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    assert len(descendants) == 4, "the launcher did not start its ranks and their readers"
+    for p in descendants:
+        p.resume()
     psutil.wait_procs(descendants, timeout=60)
     assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     # the ranks died with the launcher instead of finishing the store on their own

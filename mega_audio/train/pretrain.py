@@ -54,7 +54,7 @@ class PretrainConfig:
     init_from: str | None = option(None, "start from the weights of an exported model dir (same codec as --data)")
     rewarm_steps: int | None = option(None, "continual pre-training (with --init-from): re-warm the LR linearly from "
                                             "lr * min_lr_ratio back to --lr over N steps (instead of --warmup-steps), "
-                                            "then re-decay it by cosine over the run")
+                                            "then re-decay it by cosine over the run", min=1)
     train_split: str = option("train", "split of the stores to train on")
     max_seconds: float = option(10.0, "clips are randomly cropped to this many seconds", above=0)
     batch_size: int = option(32, "clips per micro-batch per process", min=1)
