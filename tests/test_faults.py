@@ -329,15 +329,19 @@ def test_killing_the_nproc_launcher_kills_its_ranks_and_their_readers(tmp_path):
     args = cli_args(tmp_path, "--nproc", "2", "--batch-size", "1", "--shard-size", "1", "--num-workers", "1")
     launcher = subprocess.Popen([sys.executable, "-m", "mega_audio.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    deadline, descendants = time.time() + 120, []
-    while time.time() < deadline and launcher.poll() is None:  # until 2 ranks + a DataLoader reader each are working
-        descendants = psutil.Process(launcher.pid).children(recursive=True)
-        if len(descendants) == 4:
-            break
+    deadline, frozen = time.time() + 120, {}
+    while time.time() < deadline and launcher.poll() is None and len(frozen) < 2:
+        try:
+            for rank in psutil.Process(launcher.pid).children():
+                if rank.pid not in frozen and rank.children():  # its reader is up: it is mid-slice
+                    frozen[rank.pid] = [rank, *rank.children(recursive=True)]
+                    for p in frozen[rank.pid]:
+                        p.suspend()  # frozen there, so the test does not depend on how fast each rank is
+        except psutil.NoSuchProcess:  # one ended while we looked (the assert below says if it was too soon)
+            pass
         time.sleep(0.002)
-    for p in descendants:
-        p.suspend()  # frozen mid-slice, so the test does not depend on how fast they are
-    assert len(descendants) == 4, "the launcher did not start its ranks and their readers"
+    descendants = [p for group in frozen.values() for p in group]
+    assert len(frozen) == 2, f"the launcher (exit {launcher.poll()}) did not start 2 ranks with readers"
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
     for p in descendants:

@@ -2,6 +2,7 @@
 refusals of other architectures and codecs, and an output that fine-tuning takes."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -59,19 +60,27 @@ def test_merge_is_base_plus_the_scaled_task_vectors_and_records_what_it_merged(s
     assert f"base `{base}` + 0.3 x (`{m1}` - base) + -0.2 x (`{m2}` - base)" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_a_model_of_another_architecture_or_codec_is_refused_naming_the_mismatch(small_store, tmp_path):
+def refusal(capsys, base, models, lambdas, out) -> str:
+    """The one-line error a refused merge prints (exit code 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        merge(base, models, lambdas, out)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_model_of_another_architecture_or_codec_is_refused_naming_the_mismatch(small_store, tmp_path, capsys):
     base = export(tmp_path / "base", small_store, 0)
     wider = export(tmp_path / "wider", small_store, 1, d_global=96)
-    with pytest.raises(ValueError, match=r"the architecture differs \(config\.d_global: \d+ vs 96\)"):
-        merge(base, [wider], [0.5], tmp_path / "a")
+    assert re.search(r"^error: .*the architecture differs \(config\.d_global: \d+ vs 96\)",
+                     refusal(capsys, base, [wider], [0.5], tmp_path / "a"))
     other_codec = export(tmp_path / "other", small_store, 2)
     header = json.loads((other_codec / "config.json").read_text())
     header["metadata"]["codec"]["fingerprint"] = "0" * 64
     (other_codec / "config.json").write_text(json.dumps(header))
-    with pytest.raises(ValueError, match=r"different codecs \(.*fingerprint 000000000000\) vs "):
-        merge(base, [other_codec], [0.5], tmp_path / "b")
-    with pytest.raises(ValueError, match="pass one lambda per model"):
-        merge(base, [base, base], [0.5], tmp_path / "c")
+    assert re.search(r"^error: .*different codecs \(.*fingerprint 000000000000\) vs ",
+                     refusal(capsys, base, [other_codec], [0.5], tmp_path / "b"))
+    assert "pass one lambda per model" in refusal(capsys, base, [base, base], [0.5], tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
 
 
