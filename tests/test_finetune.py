@@ -511,6 +511,16 @@ def test_gtzan_split_random_re_splits_all_clips_of_the_same_store_80_10_10_and_e
         finetune(config(store, tmp_path / "folder", task="folder", split="random", max_steps=1))
 
 
+def test_gtzan_split_random_on_a_store_without_the_excluded_clips_asks_for_a_re_tokenize(tmp_path):
+    from audio_trees import write_gtzan_tree
+
+    tree = write_gtzan_tree(tmp_path / "gtzan", genres=("disco", "jazz"), per_split=1, excluded=0, seconds=0.5)
+    store = tokenized(tree.root, "gtzan")  # what a store made before the `excluded` split looks like
+    with pytest.raises(ValueError, match=r"no 'excluded' split .* re-tokenize it to a new --out"):
+        finetune(config(store, tmp_path / "random", task="gtzan", split="random", max_steps=1))
+    assert finetune(config(store, tmp_path / "filtered", task="gtzan", max_steps=1))["split"] == "filtered"
+
+
 def test_audioset_task_is_multi_label_and_selects_on_a_held_out_slice_of_balanced_train(tmp_path):
     from audio_trees import write_audioset_tree
 

@@ -31,6 +31,7 @@ class Task:
     labels: tuple[str, ...] | None = None  # fixed vocabulary; None = the store card's `labels`
     target: str = "labels"  # "labels": meta["labels"]; "pitch": meta["extra"]["pitch"] (NSynth)
     split_schemes: tuple[str, ...] = ()  # --split choices, the first the default; () = the store's splits only
+    random_needs: str | None = None  # a store split that --split random must find (else it would split a subset)
 
     def split_scheme(self, wanted: str | None) -> str | None:
         """The split scheme of a run: `wanted`, or the task's default (None: the task reads the store's own splits)."""
@@ -152,6 +153,11 @@ def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: f
     if scheme == RANDOM_SPLIT:
         if train or valid or test:
             raise ValueError("--split random makes its own train/valid/test: drop --train-split/--valid-split/--test-split")
+        present = {s.split for s in store.shards()}
+        if task.random_needs and store.card.get("dataset") in task.datasets and task.random_needs not in present:
+            raise ValueError(f"{store.path} has no {task.random_needs!r} split (it has {sorted(present)}), so "
+                             f"--split random would re-split a subset of the dataset: re-tokenize it to a new --out "
+                             f"(stores made before that split existed hold only the fault-filtered clips)")
         keep = random_split_filters(task, store, vocab)
         return TaskView({role: None for role in keep}, keep, holdout=False)
     splits = {"train": train or task.train, "valid": valid or task.valid, "test": test or task.test}

@@ -54,4 +54,4 @@ def prepare_gtzan(root: Path, report: ManifestReport, seed: int = 0) -> list[Cli
 
 
 TASKS = (Task("gtzan", "10 genres, fault-filtered split (Kereliuk et al. 2015) or a random 80/10/10 one", ("gtzan",),
-              labels=GTZAN_GENRES, split_schemes=("filtered", RANDOM_SPLIT)),)
+              labels=GTZAN_GENRES, split_schemes=("filtered", RANDOM_SPLIT), random_needs=EXCLUDED),)
