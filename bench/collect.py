@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["tokenization", "loader", "model", "encoders", "pretrain", "faults", "ssl", "ssl_ablation"]
+ORDER = ["tokenization", "loader", "model", "encoders", "pretrain", "faults", "ssl", "ssl_span25", "ssl_ablation"]
 
 
 def plot_cost_vs_length(model_json: Path, out_png: Path) -> bool:

@@ -5,6 +5,8 @@ fine-tune from the pre-trained encoder, probe a frozen random-init encoder and t
 (`mega-audio finetune [--freeze]`), and fit a bag-of-tokens logistic regression on the same tokens: the floor any
 learned model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead pre-trains one model per recipe
 variant (one seed) and scores each with the frozen probe and fine-tuning: bench/results/ssl_ablation.{json,md}.
+`--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
+(bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about an hour on 2 CPU cores)
@@ -53,7 +55,7 @@ VARIANTS = {
     "frame50": (["--mask-unit", "frame", "--mask-ratio", "0.5"], 1.5),
     "span25": (["--mask-unit", "span", "--mask-ratio", "0.25"], 1.5),
     "span50": (["--mask-unit", "span", "--mask-ratio", "0.5"], 1.5),
-    "span50-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.5"], 12.0),
+    "span25-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.25"], 12.0),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags: the shipped recipe
 
@@ -164,8 +166,8 @@ def summarise(results: dict, tasks: list[str], seeds: list[int], arms) -> dict:
 def protocol(args, pool_hours: float) -> dict:
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as ex:
-        models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, DEFAULT_VARIANT, s, threads), args.seeds)))
-        jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, DEFAULT_VARIANT, s,
+        models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, args.recipe, s, threads), args.seeds)))
+        jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, args.recipe, s,
                                        models[s] if arm in ("frozen_pretrained", "finetuned", "finetuned_lpft") else None,
                                        threads)
                 for s in args.seeds for t in args.tasks for arm in ARMS if arm != "bag_of_tokens"}
@@ -198,7 +200,10 @@ def ablation(args, pool_hours: float) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    head = (f"`python bench/ssl_bench.py{' --ablate' if 'variants' in summary else ''}`: model `{summary['model']}`, "
+    recipe = summary.get("recipe", DEFAULT_VARIANT)
+    flags = "" if "variants" in summary else \
+        f" --recipe {recipe}` (pre-training flags `{' '.join(VARIANTS[recipe][0])}`)" if recipe in VARIANTS else "` (the shipped recipe)"
+    head = (f"`python bench/ssl_bench.py{' --ablate`' if 'variants' in summary else flags}: model `{summary['model']}`, "
             f"{summary['steps']} pre-training steps of 16 x 5 s on {summary['pool_hours']:.2f} h of unlabelled audio, "
             f"BEST-RQ tokens, on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
     if "variants" in summary:
@@ -213,7 +218,7 @@ def markdown(summary: dict) -> str:
                          f"{r['frozen_pretrained']:.1f} | {r['scratch']:.1f} | {r['finetuned']:.1f} | {layers} |")
         return "\n".join(lines) + "\n"
     tasks = list(summary["tasks"])
-    lines = ["# Does pre-training help? (real audio)", "", head,
+    lines = [f"# Does pre-training help? (real audio{'' if recipe == DEFAULT_VARIANT else ', recipe ' + recipe})", "", head,
              f"Test accuracy (%), mean ± std over seeds {summary['seeds']} (each seed pre-trains its own model).", "",
              "| | " + " | ".join(f"{t} (n={summary['tasks'][t].get('n_test', '?')})" for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
@@ -249,6 +254,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the `small` model and 4x the steps")
     parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS) + [DEFAULT_VARIANT])
+    parser.add_argument("--recipe", default=DEFAULT_VARIANT, choices=[DEFAULT_VARIANT] + list(VARIANTS),
+                        help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
     args = parser.parse_args()
     if args.gpu:
         args.model, args.steps = "small", args.steps * 4
@@ -264,14 +271,14 @@ def main() -> None:
     summary = ablation(args, pool_hours) if args.ablate else protocol(args, pool_hours)
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
                     ", the epoch best on valid; frozen probes 60 epochs at lr 1e-3",
-                    "model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
-                    "device": "cpu", "minutes": (time.time() - start) / 60,
+                    "recipe": args.recipe, "model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
+                    "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
-    name = "ssl_ablation" if args.ablate else "ssl"
+    name = "ssl_ablation" if args.ablate else "ssl" if args.recipe == DEFAULT_VARIANT else f"ssl_{args.recipe}"
     write_json(summary, HERE / "results" / name)
     (HERE / "results" / f"{name}.md").write_text(markdown(summary))
     print(markdown(summary))
-    print(f"bench-ssl: wrote bench/results/{name}.json and .md in {summary['minutes']:.0f} min")
+    print(f"bench-ssl: wrote bench/results/{name}.json and .md in {summary['minutes_this_invocation']:.0f} min")
 
 
 if __name__ == "__main__":
