@@ -47,6 +47,11 @@ ARM_NAMES = {"bag_of_tokens": "bag-of-tokens logistic regression (no model)",
              "frozen_random": "frozen probe, random-init encoder", "frozen_pretrained": "frozen probe, pre-trained encoder",
              "scratch": "fine-tuned from scratch", "finetuned": "fine-tuned from the pre-trained encoder",
              "finetuned_lpft": "fine-tuned from the pre-trained encoder, LP-FT (head fitted on frozen features first)"}
+PRETRAINED_ARMS = ("frozen_pretrained", "finetuned", "finetuned_lpft")  # the arms that start from the pre-trained model
+ABLATION_ARMS = ("frozen_random", "frozen_pretrained", "scratch", "finetuned")
+# run directory of an arm (format with the recipe variant); the random-init arms do not depend on the recipe
+TAGS = {"frozen_random": "fz-random", "scratch": "ft-scratch", "frozen_pretrained": "fz-{v}", "finetuned": "ft-{v}",
+        "finetuned_lpft": "lpft-{v}"}
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
 
 # Pre-training variants for --ablate: extra train/pretrain.py flags, and the store's bitrate.
@@ -58,6 +63,11 @@ VARIANTS = {
     "span25-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.25"], 12.0),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags: the shipped recipe
+
+
+def recipe_of(args, name: str) -> tuple[list[str], float]:
+    """A recipe variant's extra train/pretrain.py flags and its store's bitrate (the default: none, --bitrate)."""
+    return VARIANTS.get(name, ([], args.bitrate))
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
@@ -91,7 +101,7 @@ def tokenize(args, name: str, dataset: str, kbps: float) -> Path:
 
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
-    flags, kbps = VARIANTS.get(variant, ([], args.bitrate))
+    flags, kbps = recipe_of(args, variant)
     out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
     if not (out / "model" / "model.safetensors").exists():
         run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", kbps)),
@@ -103,11 +113,10 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
 
 
 def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
-    kbps = VARIANTS.get(variant, ([], args.bitrate))[1]
+    kbps = recipe_of(args, variant)[1]
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
-    tag = {"frozen_random": "fz-random", "scratch": "ft-scratch"}.get(arm) or \
-        f"{'fz' if frozen else 'lpft' if arm == 'finetuned_lpft' else 'ft'}-{variant}"
+    tag = TAGS[arm].format(v=variant)
     out = args.work / "runs" / f"{tag}-{task}-{kbps:g}-s{seed}"
     if not (out / "results.json").exists():
         init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", args.model]
@@ -168,13 +177,14 @@ def protocol(args, pool_hours: float) -> dict:
     with ThreadPoolExecutor(args.jobs) as ex:
         models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, args.recipe, s, threads), args.seeds)))
         jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, args.recipe, s,
-                                       models[s] if arm in ("frozen_pretrained", "finetuned", "finetuned_lpft") else None,
+                                       models[s] if arm in PRETRAINED_ARMS else None,
                                        threads)
                 for s in args.seeds for t in args.tasks for arm in ARMS if arm != "bag_of_tokens"}
         results = {k: f.result() for k, f in jobs.items()}
-    for t in args.tasks:
+    for t in args.tasks:  # lbfgs logistic regression ignores its seed: one fit serves every seed's row
+        bag = bag_of_tokens(store_path(args, TASKS[t][0], args.bitrate), args.seeds[0])
         for s in args.seeds:
-            results[(t, "bag_of_tokens", s)] = bag_of_tokens(store_path(args, TASKS[t][0], args.bitrate), s)
+            results[(t, "bag_of_tokens", s)] = bag
     return {"tasks": summarise(results, args.tasks, args.seeds, ARMS), "pool_hours": pool_hours}
 
 
@@ -184,26 +194,26 @@ def ablation(args, pool_hours: float) -> dict:
     with ThreadPoolExecutor(args.jobs) as ex:
         models = dict(zip(args.variants, ex.map(lambda v: pretrain(args, v, seed, threads), args.variants)))
         jobs = {(v, arm): ex.submit(finetune, args, task, arm, v, seed,
-                                    None if arm in ("frozen_random", "scratch") else models[v], threads)
-                for v in args.variants for arm in ("frozen_random", "frozen_pretrained", "scratch", "finetuned")}
+                                    models[v] if arm in PRETRAINED_ARMS else None, threads)
+                for v in args.variants for arm in ABLATION_ARMS}
         results = {k: f.result() for k, f in jobs.items()}
     rows = {}
     for v in args.variants:
-        r = {arm: results[(v, arm)] for arm in ("frozen_random", "frozen_pretrained", "scratch", "finetuned")}
+        r = {arm: results[(v, arm)] for arm in ABLATION_ARMS}
         rows[v] = {arm: 100 * x["metrics"]["test"]["accuracy"] for arm, x in r.items()}
         rows[v]["valid_by_layer"] = {k: 100 * (a[0] if isinstance(a, list) else a)  # [accuracy, -loss] in older runs
                                      for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
         rows[v]["probe_layer"] = r["frozen_pretrained"]["probe_layer"]
-        rows[v]["flags"] = " ".join(VARIANTS.get(v, ([], 0))[0]) or "(defaults)"
-        rows[v]["kbps"] = VARIANTS.get(v, ([], args.bitrate))[1]
+        flags, rows[v]["kbps"] = recipe_of(args, v)
+        rows[v]["flags"] = " ".join(flags) or "(defaults)"
     return {"task": task, "seed": seed, "variants": rows, "pool_hours": pool_hours}
 
 
 def markdown(summary: dict) -> str:
     recipe = summary.get("recipe", DEFAULT_VARIANT)
-    flags = "" if "variants" in summary else \
-        f" --recipe {recipe}` (pre-training flags `{' '.join(VARIANTS[recipe][0])}`)" if recipe in VARIANTS else "` (the shipped recipe)"
-    head = (f"`python bench/ssl_bench.py{' --ablate`' if 'variants' in summary else flags}: model `{summary['model']}`, "
+    flags = " --ablate`" if "variants" in summary else "` (the shipped recipe)" if recipe not in VARIANTS else \
+        f" --recipe {recipe}` (pre-training flags `{' '.join(VARIANTS[recipe][0])}`)"
+    head = (f"`python bench/ssl_bench.py{flags}: model `{summary['model']}`, "
             f"{summary['steps']} pre-training steps of 16 x 5 s on {summary['pool_hours']:.2f} h of unlabelled audio, "
             f"BEST-RQ tokens, on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
     if "variants" in summary:
@@ -275,9 +285,9 @@ def main() -> None:
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
     name = "ssl_ablation" if args.ablate else "ssl" if args.recipe == DEFAULT_VARIANT else f"ssl_{args.recipe}"
-    write_json(summary, HERE / "results" / name)
-    (HERE / "results" / f"{name}.md").write_text(markdown(summary))
-    print(markdown(summary))
+    text = markdown(summary)
+    write_json(summary, HERE / "results" / name).with_suffix(".md").write_text(text)
+    print(text)
     print(f"bench-ssl: wrote bench/results/{name}.json and .md in {summary['minutes_this_invocation']:.0f} min")
 
 

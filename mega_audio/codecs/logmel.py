@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers.audio_utils import mel_filter_bank
 
 from .base import HOP, SAMPLE_RATE
 
@@ -16,6 +15,8 @@ class LogMel:
     """wave (N,) float32 -> natural-log mel power (ceil(N / 320), n_mels), HTK mel scale, Slaney-normalised filters."""
 
     def __init__(self, n_mels: int = 80, n_fft: int = 1024, device: str = "cpu", block_frames: int = 4096):
+        from transformers.audio_utils import mel_filter_bank  # here, not at import: transformers takes ~1 s to load
+
         self.n_mels, self.n_fft, self.block_frames, self.device = n_mels, n_fft, block_frames, device
         self.window = torch.hann_window(n_fft, dtype=torch.float64).float().to(device)
         filters = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,

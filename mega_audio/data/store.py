@@ -135,19 +135,25 @@ class ShardWriter:
             self.flush(split)
 
 
-def clean_interrupted(store: str | Path, rank: int | None = None) -> list[Path]:
-    """Remove temporary files and shards without an index (an interrupted write) of one rank, or of all."""
+def interrupted_files(store: str | Path, rank: int | None = None) -> list[Path]:
+    """Temporary files and shards without an index (an interrupted write) of one rank, or of all."""
     shard_dir = Path(store) / "shards"
-    removed = []
+    found = []
     for path in sorted(shard_dir.glob("*")) if shard_dir.exists() else []:
         stem = path.name.lstrip(".").split(".")[0]  # also the hidden temporary files of atomic_write
         m = SHARD_NAME.match(stem)
         if m is None or (rank is not None and int(m["rank"]) != rank):
             continue
-        interrupted = path.name.endswith(".tmp") or (path.suffix in (".tar", ".zarr") and not path.with_suffix(".json").exists())
-        if interrupted:
-            remove_path(path)
-            removed.append(path)
+        if path.name.endswith(".tmp") or (path.suffix in (".tar", ".zarr") and not path.with_suffix(".json").exists()):
+            found.append(path)
+    return found
+
+
+def clean_interrupted(store: str | Path, rank: int | None = None) -> list[Path]:
+    """Remove what `interrupted_files` finds."""
+    removed = interrupted_files(store, rank)
+    for path in removed:
+        remove_path(path)
     return removed
 
 
@@ -161,11 +167,14 @@ def shard_indexes(store: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         yield index_path, json.loads(index_path.read_text())
 
 
+def shard_info(index_path: Path, index: dict[str, Any]) -> ShardInfo:
+    return ShardInfo(index["name"], index["split"], index["format"], index["n"], index["frames"],
+                     str(index_path.with_name(index["name"])), index.get("bytes"), index.get("checksum"))
+
+
 def list_shards(store: str | Path, split: str | None = None) -> list[ShardInfo]:
     """Complete shards (those with an index), sorted by name."""
-    return [ShardInfo(index["name"], index["split"], index["format"], index["n"], index["frames"],
-                      str(index_path.with_name(index["name"])), index.get("bytes"), index.get("checksum"))
-            for index_path, index in shard_indexes(store) if split is None or index["split"] == split]
+    return [shard_info(path, index) for path, index in shard_indexes(store) if split is None or index["split"] == split]
 
 
 def clip_counts(store: str | Path) -> Counter[str]:
@@ -338,7 +347,7 @@ class WriterLease:
         self.dir = Path(store) / "locks"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"r{rank:03d}-of-{world_size:03d}.lock"
-        self.world_size, self.file = world_size, open(self.path, "a+")
+        self.file = open(self.path, "a+")
         if not _try_lock(self.file):
             self.file.close()
             raise ValueError(f"slice {rank} of {world_size} of {store} is being written by {_holder(self.path)}: "
@@ -420,9 +429,10 @@ def write_card(store: str | Path, codec: dict[str, Any], fmt: str, dataset: str,
                label_vocab: list[str] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """(Re)build dataset.json from the shard indexes; call under `store_lock` when several writers share a store."""
     store = Path(store)
-    shards = list_shards(store)
+    indexes = list(shard_indexes(store))  # one read of every index for the shard list and the labels
+    shards = [shard_info(path, index) for path, index in indexes]
     if label_vocab is None:
-        label_vocab = sorted({label for _, index in shard_indexes(store) for labels in index["labels"] for label in labels})
+        label_vocab = sorted({label for _, index in indexes for labels in index["labels"] for label in labels})
     card = {
         "format": fmt,
         "dataset": dataset,

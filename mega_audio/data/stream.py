@@ -69,17 +69,18 @@ def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: st
     codes, padding_mask = codes_t.numpy(), mask_t.numpy()  # (B, T, n_q), (B, T): views filled in place
     codes.fill(pad_id)
     padding_mask.fill(False)
-    features_t = None
+    features_t = features = None
     if all("logmel" in meta for _, meta in samples):
         features_t = _empty((*codes_t.shape[:2], samples[0][1]["logmel"].shape[1]), torch.float16)
-        features_t.numpy().fill(0)
+        features = features_t.numpy()  # (B, T, n_mels), filled in place like the codes
+        features.fill(0)
     for i, ((clip, meta), n) in enumerate(zip(samples, lengths)):
         spare = len(clip) - n
         start = 0 if crop == "start" or not spare else spare // 2 if crop == "center" else int(rng.integers(spare + 1))
         codes[i, :n] = clip[start: start + n]
         padding_mask[i, :n] = True
-        if features_t is not None:
-            features_t.numpy()[i, :n] = meta["logmel"][start: start + n]
+        if features is not None:
+            features[i, :n] = meta["logmel"][start: start + n]
     batch = {
         "codes": codes_t,
         "padding_mask": mask_t,

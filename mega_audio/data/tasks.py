@@ -3,7 +3,6 @@ metrics) and a task's view of a store. The tasks themselves are defined beside t
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import stratified_split
-from .store import Sample, TokenStore
+from .store import Sample, TokenStore, shard_indexes
 
 NO_LABEL = -100  # single-label target of a clip whose label is outside the vocabulary: torch cross_entropy skips it
 HOLDOUT = "holdout"  # valid split name meaning "a seeded slice of the train split", for datasets without one
@@ -122,9 +121,9 @@ class ClipFilter:
 
 def index_entries(store: TokenStore, split: str) -> Iterator[tuple[str, list[str]]]:
     """(id, labels) of every clip of a split, from the shard indexes."""
-    for shard in store.shards(split):
-        index = json.loads(shard.index_path.read_text())
-        yield from zip(index["ids"], index["labels"])
+    for _, index in shard_indexes(store.path):
+        if split is None or index["split"] == split:
+            yield from zip(index["ids"], index["labels"])
 
 
 def random_split_filters(task: Task, store: TokenStore, vocab: list[str], seed: int = 0) -> dict[str, ClipFilter]:
@@ -150,10 +149,10 @@ def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: f
               scheme: str | None = None) -> TaskView:
     """The task's splits (or the overrides) on this store; a store without the valid split gets a held-out slice of
     train. scheme RANDOM_SPLIT: every role reads the whole store, filtered to its share of `random_split_filters`."""
+    present = {s.split for s in store.shards()}
     if scheme == RANDOM_SPLIT:
         if train or valid or test:
             raise ValueError("--split random makes its own train/valid/test: drop --train-split/--valid-split/--test-split")
-        present = {s.split for s in store.shards()}
         if task.random_needs and store.card.get("dataset") in task.datasets and task.random_needs not in present:
             raise ValueError(f"{store.path} has no {task.random_needs!r} split (it has {sorted(present)}), so "
                              f"--split random would re-split a subset of the dataset: re-tokenize it to a new --out "
@@ -161,7 +160,6 @@ def task_view(task: Task, store: TokenStore, vocab: list[str], valid_fraction: f
         keep = random_split_filters(task, store, vocab)
         return TaskView({role: None for role in keep}, keep, holdout=False)
     splits = {"train": train or task.train, "valid": valid or task.valid, "test": test or task.test}
-    present = {s.split for s in store.shards()}
     for role in ("train", "test"):
         if splits[role] not in present:
             raise ValueError(f"{store.path} has no {splits[role]!r} split (it has {sorted(present)}): "

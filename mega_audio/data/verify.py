@@ -13,13 +13,13 @@ from pathlib import Path
 from ..fileio import file_digest, file_size
 from .manifest import read_manifest
 from .store import (
-    SHARD_NAME,
     Accounting,
     ShardError,
     ShardInfo,
     TokenStore,
     account,
     all_slices_locked,
+    interrupted_files,
     list_shards,
     read_shard,
     shard_indexes,
@@ -85,12 +85,6 @@ def shard_problem(shard: ShardInfo, index_ids: list[str]) -> str | None:
     return None if ids == index_ids else f"holds {len(ids)} clips that differ from the {len(index_ids)} its index lists"
 
 
-def unindexed_files(store: Path) -> list[str]:
-    shard_dir = store / "shards"
-    return sorted(p.name for p in shard_dir.glob("*") if SHARD_NAME.match(p.name.lstrip(".").split(".")[0])
-                  and (p.name.endswith(".tmp") or p.suffix in (".tar", ".zarr") and not p.with_suffix(".json").exists()))
-
-
 def quarantine(store: Path, shard: ShardInfo, stamp: str) -> str:
     """Move a shard and then its index (a kill in between leaves an index without a shard: still 'damaged')."""
     target = store / "quarantine" / stamp
@@ -144,7 +138,7 @@ def _check(root: Path, manifest_ids: list[str]) -> tuple[VerifyReport, list[Shar
     damaged = {s.name: problem for s in shards if (problem := shard_problem(s, ids_of[s.name]))}
     sound = [s for s in shards if s.name not in damaged]
     counts = Counter(i for s in sound for i in ids_of[s.name])
-    report = VerifyReport(root, len(shards), len(manifest_ids), sum(counts.values()), damaged, unindexed_files(root),
+    report = VerifyReport(root, len(shards), len(manifest_ids), sum(counts.values()), damaged, [p.name for p in interrupted_files(root)],
                           account(root, manifest_ids, counts))
     return report, sound, ids_of
 

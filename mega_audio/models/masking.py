@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .layers import LevelHeads
+from .layers import LevelHeads, masked_mean
 
 IGNORE_INDEX = -100  # target of a token the loss skips (not masked, or padding); defined here, once
 MASK_UNITS = ("token", "frame", "span")
@@ -148,16 +148,11 @@ def mel_loss(predicted: torch.Tensor, features: torch.Tensor, targets: torch.Ten
     standardised by one mean and one std over its valid frames first: loudness drops out, the spectral
     envelope stays, and the loss is about 1 for a model that predicts the clip's mean."""
     features = features.float()
-    valid = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device) if padding_mask is None else padding_mask
-    weights = valid[..., None].float()  # (B, T, 1)
-    count = (weights.sum(dim=(1, 2)) * features.shape[-1]).clamp(min=1.0)[:, None, None]
-    mean = (features * weights).sum(dim=(1, 2), keepdim=True) / count
-    std = (((features - mean) * weights).square().sum(dim=(1, 2), keepdim=True) / count).sqrt()
-    standardised = (features - mean) / (std + 1e-5)
-    masked = (targets != IGNORE_INDEX).any(dim=-1)  # (B, T)
-    if not bool(masked.any()):
-        return predicted.sum() * 0.0
-    return F.mse_loss(predicted.float()[masked], standardised[masked])
+    mean = masked_mean(features, padding_mask).mean(-1)[:, None, None]  # one per clip, over valid frames and bins
+    std = masked_mean((features - mean).square(), padding_mask).mean(-1).sqrt()[:, None, None]
+    error = (predicted.float() - (features - mean) / (std + 1e-5)).square().mean(-1)  # (B, T)
+    masked = (targets != IGNORE_INDEX).any(dim=-1).float()  # (B, T); no host sync, 0 when nothing is masked
+    return (error * masked).sum() / masked.sum().clamp(min=1.0)
 
 
 def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:

@@ -23,12 +23,7 @@ from ..models.checkpoint import read_checkpoint_config
 from ..models.classifier import AudioClassifier
 from ..models.mega import MegaAudioFormer
 from .loop import check_codec
-from .metrics import log_loss, score
-
-EVAL_MODES = ("chunks", "whole")
-# a clip longer than the training window is scored by its windows (logits or embeddings averaged): `whole` would show
-# the model lengths it never saw in training (30 s GTZAN clips to a model trained on 10 s windows)
-DEFAULT_EVAL_MODE = "chunks"
+from .metrics import DEFAULT_EVAL_MODE, EVAL_MODES, log_loss, score
 
 
 @dataclass

@@ -81,9 +81,10 @@ def task_arithmetic(base: dict[str, torch.Tensor], models: list[dict[str, torch.
         if not theta.is_floating_point():
             merged[name] = theta.clone()
             continue
-        total = theta.double()
+        theta64 = theta.double()
+        total = theta64
         for model, lam in zip(models, lambdas):
-            total = total + lam * (model[name].double() - theta.double())
+            total = total + lam * (model[name].double() - theta64)
         merged[name] = total.to(theta.dtype)
     return merged
 

@@ -6,6 +6,11 @@ from typing import Any
 
 import numpy as np
 
+EVAL_MODES = ("chunks", "whole")
+# a clip longer than the training window is scored by its windows (logits or embeddings averaged): `whole` would show
+# the model lengths it never saw in training (30 s GTZAN clips to a model trained on 10 s windows)
+DEFAULT_EVAL_MODE = "chunks"
+
 # ---------------------------------------------------------------------------------------------
 # single-label: y_true, y_pred are class ids (N,)
 

@@ -14,8 +14,7 @@ import numpy as np
 from ..config import option
 from ..data.recipes import TASKS
 from ..data.tasks import Task
-from .inference import DEFAULT_EVAL_MODE
-from .metrics import confusion_matrix, per_class_report
+from .metrics import DEFAULT_EVAL_MODE, confusion_matrix, per_class_report
 
 
 @dataclass
