@@ -54,20 +54,25 @@ TAGS = {"frozen_random": "fz-random", "scratch": "ft-scratch", "frozen_pretraine
         "finetuned_lpft": "lpft-{v}"}
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
 
-# Pre-training variants for --ablate: extra train/pretrain.py flags, and the store's bitrate.
+# Pre-training variants for --ablate: extra train/pretrain.py flags, the store's bitrate, and the model size (None:
+# --model). A variant with its own size gets its own random-init arms (frozen random, scratch) of that size.
 VARIANTS = {
-    "token25": (["--mask-unit", "token", "--mask-ratio", "0.25"], 1.5),  # the paper's recipe
-    "frame50": (["--mask-unit", "frame", "--mask-ratio", "0.5"], 1.5),
-    "span25": (["--mask-unit", "span", "--mask-ratio", "0.25"], 1.5),
-    "span50": (["--mask-unit", "span", "--mask-ratio", "0.5"], 1.5),
-    "span25-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.25"], 12.0),
+    "token25": (["--mask-unit", "token", "--mask-ratio", "0.25"], 1.5, None),  # the paper's recipe
+    "frame50": (["--mask-unit", "frame", "--mask-ratio", "0.5"], 1.5, None),
+    "span25": (["--mask-unit", "span", "--mask-ratio", "0.25"], 1.5, None),
+    "span50": (["--mask-unit", "span", "--mask-ratio", "0.5"], 1.5, None),
+    "span25-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.25"], 12.0, None),
+    "steps2000": (["--max-steps", "2000", "--warmup-steps", "200"], 1.5, None),  # the shipped recipe, 4x the steps
+    "mini": ([], 1.5, "mini"),  # the shipped recipe at the next size up (4 x 256 global layers)
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags: the shipped recipe
 
 
-def recipe_of(args, name: str) -> tuple[list[str], float]:
-    """A recipe variant's extra train/pretrain.py flags and its store's bitrate (the default: none, --bitrate)."""
-    return VARIANTS.get(name, ([], args.bitrate))
+def recipe_of(args, name: str) -> tuple[list[str], float, str]:
+    """A recipe variant's extra train/pretrain.py flags, its store's bitrate and its model size (the default: none,
+    --bitrate, --model)."""
+    flags, kbps, model = VARIANTS.get(name, ([], args.bitrate, None))
+    return flags, kbps, model or args.model
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
@@ -101,11 +106,11 @@ def tokenize(args, name: str, dataset: str, kbps: float) -> Path:
 
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
-    flags, kbps = recipe_of(args, variant)
+    flags, kbps, model = recipe_of(args, variant)
     out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
     if not (out / "model" / "model.safetensors").exists():
         run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", kbps)),
-             "--output-dir", str(out), "--seed", str(seed), "--model", args.model, "--max-steps", str(args.steps),
+             "--output-dir", str(out), "--seed", str(seed), "--model", model, "--max-steps", str(args.steps),
              "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, args.steps // 10)),
              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *flags],
             args.work / "logs" / f"{out.name}.log", threads)
@@ -113,13 +118,13 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
 
 
 def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
-    kbps = recipe_of(args, variant)[1]
+    _, kbps, model = recipe_of(args, variant)
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
-    tag = TAGS[arm].format(v=variant)
+    tag = TAGS[arm].format(v=variant) + ("" if model == args.model or model_dir else f"-{model}")
     out = args.work / "runs" / f"{tag}-{task}-{kbps:g}-s{seed}"
     if not (out / "results.json").exists():
-        init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", args.model]
+        init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
         recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
             ["--epochs", str(epochs), "--lr", str(args.lr)]
         if arm == "finetuned_lpft":
@@ -204,7 +209,8 @@ def ablation(args, pool_hours: float) -> dict:
         rows[v]["valid_by_layer"] = {k: 100 * (a[0] if isinstance(a, list) else a)  # [accuracy, -loss] in older runs
                                      for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
         rows[v]["probe_layer"] = r["frozen_pretrained"]["probe_layer"]
-        flags, rows[v]["kbps"] = recipe_of(args, v)
+        flags, rows[v]["kbps"], model = recipe_of(args, v)
+        flags = flags if model == args.model else [*flags, "--model", model]
         rows[v]["flags"] = " ".join(flags) or "(defaults)"
     return {"task": task, "seed": seed, "variants": rows, "pool_hours": pool_hours}
 
