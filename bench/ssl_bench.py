@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,25 +55,40 @@ TAGS = {"frozen_random": "fz-random", "scratch": "ft-scratch", "frozen_pretraine
         "finetuned_lpft": "lpft-{v}"}
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
 
-# Pre-training variants for --ablate: extra train/pretrain.py flags, the store's bitrate, and the model size (None:
-# --model). A variant with its own size gets its own random-init arms (frozen random, scratch) of that size.
+# Pre-training variants for --ablate and --recipe. What a variant leaves as None comes from --bitrate / --model /
+# --steps. A variant with its own model size gets its own random-init arms (frozen random, scratch) of that size.
+@dataclass(frozen=True)
+class Variant:
+    flags: tuple[str, ...] = ()  # extra train/pretrain.py flags (masking)
+    kbps: float | None = None  # the stores' bitrate
+    model: str | None = None
+    steps: int | None = None  # pre-training steps (warm-up: a tenth of them)
+
+
 VARIANTS = {
-    "token25": (["--mask-unit", "token", "--mask-ratio", "0.25"], 1.5, None),  # the paper's recipe
-    "frame50": (["--mask-unit", "frame", "--mask-ratio", "0.5"], 1.5, None),
-    "span25": (["--mask-unit", "span", "--mask-ratio", "0.25"], 1.5, None),
-    "span50": (["--mask-unit", "span", "--mask-ratio", "0.5"], 1.5, None),
-    "span25-12kbps": (["--mask-unit", "span", "--mask-ratio", "0.25"], 12.0, None),
-    "steps2000": (["--max-steps", "2000", "--warmup-steps", "200"], 1.5, None),  # the shipped recipe, 4x the steps
-    "mini": ([], 1.5, "mini"),  # the shipped recipe at the next size up (4 x 256 global layers)
+    "token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25")),  # the paper's recipe
+    "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5")),
+    "span25": Variant(("--mask-unit", "span", "--mask-ratio", "0.25")),
+    "span50": Variant(("--mask-unit", "span", "--mask-ratio", "0.5")),
+    "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0),
+    "steps2000": Variant(steps=2000),  # the shipped recipe, 4x the steps
+    "mini": Variant(model="mini"),  # the shipped recipe at the next size up (4 x 256 global layers)
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags: the shipped recipe
 
 
-def recipe_of(args, name: str) -> tuple[list[str], float, str]:
-    """A recipe variant's extra train/pretrain.py flags, its store's bitrate and its model size (the default: none,
-    --bitrate, --model)."""
-    flags, kbps, model = VARIANTS.get(name, ([], args.bitrate, None))
-    return flags, kbps, model or args.model
+def recipe_of(args, name: str) -> Variant:
+    """A variant with every field filled in (the default variant: no flags, --bitrate, --model, --steps)."""
+    v = VARIANTS.get(name, Variant())
+    return Variant(v.flags, v.kbps or args.bitrate, v.model or args.model, v.steps or args.steps)
+
+
+def shown_flags(args, name: str) -> str:
+    """The pre-training flags that make a variant differ from the protocol's defaults."""
+    r = recipe_of(args, name)
+    flags = [*r.flags, *(["--model", r.model] if r.model != args.model else []),
+             *(["--max-steps", str(r.steps)] if r.steps != args.steps else [])]
+    return " ".join(flags) or "(defaults)"
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
@@ -106,19 +122,20 @@ def tokenize(args, name: str, dataset: str, kbps: float) -> Path:
 
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
-    flags, kbps, model = recipe_of(args, variant)
+    r = recipe_of(args, variant)
     out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
     if not (out / "model" / "model.safetensors").exists():
-        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", kbps)),
-             "--output-dir", str(out), "--seed", str(seed), "--model", model, "--max-steps", str(args.steps),
-             "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, args.steps // 10)),
-             "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *flags],
+        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps)),
+             "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
+             "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
+             "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags],
             args.work / "logs" / f"{out.name}.log", threads)
     return out / "model"
 
 
 def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
-    _, kbps, model = recipe_of(args, variant)
+    r = recipe_of(args, variant)
+    kbps, model = r.kbps, r.model
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
     tag = TAGS[arm].format(v=variant) + ("" if model == args.model or model_dir else f"-{model}")
@@ -187,7 +204,7 @@ def protocol(args, pool_hours: float) -> dict:
                 for s in args.seeds for t in args.tasks for arm in ARMS if arm != "bag_of_tokens"}
         results = {k: f.result() for k, f in jobs.items()}
     for t in args.tasks:  # lbfgs logistic regression ignores its seed: one fit serves every seed's row
-        bag = bag_of_tokens(store_path(args, TASKS[t][0], args.bitrate), args.seeds[0])
+        bag = bag_of_tokens(store_path(args, TASKS[t][0], recipe_of(args, args.recipe).kbps), args.seeds[0])
         for s in args.seeds:
             results[(t, "bag_of_tokens", s)] = bag
     return {"tasks": summarise(results, args.tasks, args.seeds, ARMS), "pool_hours": pool_hours}
@@ -209,16 +226,14 @@ def ablation(args, pool_hours: float) -> dict:
         rows[v]["valid_by_layer"] = {k: 100 * (a[0] if isinstance(a, list) else a)  # [accuracy, -loss] in older runs
                                      for k, a in r["frozen_pretrained"]["valid_by_layer"].items()}
         rows[v]["probe_layer"] = r["frozen_pretrained"]["probe_layer"]
-        flags, rows[v]["kbps"], model = recipe_of(args, v)
-        flags = flags if model == args.model else [*flags, "--model", model]
-        rows[v]["flags"] = " ".join(flags) or "(defaults)"
+        rows[v]["kbps"], rows[v]["flags"] = recipe_of(args, v).kbps, shown_flags(args, v)
     return {"task": task, "seed": seed, "variants": rows, "pool_hours": pool_hours}
 
 
 def markdown(summary: dict) -> str:
     recipe = summary.get("recipe", DEFAULT_VARIANT)
     flags = " --ablate`" if "variants" in summary else "` (the shipped recipe)" if recipe not in VARIANTS else \
-        f" --recipe {recipe}` (pre-training flags `{' '.join(VARIANTS[recipe][0])}`)"
+        f" --recipe {recipe}` (pre-training flags `{summary['recipe_flags']}`)"
     head = (f"`python bench/ssl_bench.py{flags}: model `{summary['model']}`, "
             f"{summary['steps']} pre-training steps of 16 x 5 s on {summary['pool_hours']:.2f} h of unlabelled audio, "
             f"BEST-RQ tokens, on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
@@ -275,10 +290,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.gpu:
         args.model, args.steps = "small", args.steps * 4
+    recipe = recipe_of(args, args.recipe)
     start = time.time()
     for t in args.tasks:
-        tokenize(args, TASKS[t][0], TASKS[t][1], args.bitrate)
-    bitrates = {VARIANTS[v][1] for v in args.variants if v in VARIANTS} if args.ablate else {args.bitrate}
+        tokenize(args, TASKS[t][0], TASKS[t][1], recipe.kbps)
+    bitrates = {recipe_of(args, v).kbps for v in args.variants} if args.ablate else {recipe.kbps}
     pools = [tokenize(args, "pool", "folder", kbps) for kbps in sorted(bitrates | {args.bitrate})]
     if args.ablate:
         for kbps in bitrates:
@@ -287,7 +303,8 @@ def main() -> None:
     summary = ablation(args, pool_hours) if args.ablate else protocol(args, pool_hours)
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
                     ", the epoch best on valid; frozen probes 60 epochs at lr 1e-3",
-                    "recipe": args.recipe, "model": args.model, "steps": args.steps, "seeds": args.seeds, "bitrate": args.bitrate,
+                    "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
+                    "model": args.model if args.ablate else recipe.model, "steps": args.steps if args.ablate else recipe.steps, "seeds": args.seeds, "bitrate": args.bitrate,
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
     name = "ssl_ablation" if args.ablate else "ssl" if args.recipe == DEFAULT_VARIANT else f"ssl_{args.recipe}"

@@ -54,6 +54,19 @@ def file_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in _files(Path(path)))
 
 
+def integrity_problem(path: str | Path, size: int | None, checksum: str | None = None) -> str | None:
+    """What is wrong with a file against the size and checksum recorded for it (None: nothing; a None record is not
+    checked). The size is checked first: one stat, where the checksum reads every byte."""
+    path = Path(path)
+    if not path.exists():
+        return "is missing"
+    if size is not None and (actual := file_size(path)) != size:
+        return f"has {actual:,} bytes, its record says {size:,} (truncated or partly copied)"
+    if checksum is not None and file_digest(path) != checksum:
+        return "has damaged bytes (its checksum differs from the record)"
+    return None
+
+
 def file_digest(path: str | Path) -> str:
     """blake2b (hashlib, ~1 GB/s) of a file, or of a directory's files and their relative names in sorted order."""
     path, digest = Path(path), hashlib.blake2b(digest_size=16)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write_text, file_digest, file_size
+from ..fileio import atomic_write_text, file_digest, file_size, integrity_problem
 from .shards import READERS, WRITERS, Sample
 
 FORMATS = ("wds", "zarr")
@@ -62,15 +62,13 @@ class ShardInfo:
 
 
 class ShardError(ValueError):
-    """A shard that does not match its index: truncated, damaged or missing."""
+    """A shard that does not match its index: truncated, damaged or missing. `problem` says what, the message the fix."""
 
-
-def shard_error(shard: ShardInfo, problem: str) -> ShardError:
-    store = Path(shard.path).parent.parent
-    error = ShardError(f"shard {shard.path} {problem}: run `mega-audio verify {store} --repair` to move it aside, "
-                       f"then the same `mega-audio tokenize` command to re-create its clips")
-    error.problem = problem
-    return error
+    def __init__(self, shard: ShardInfo, problem: str):
+        store = Path(shard.path).parent.parent
+        super().__init__(f"shard {shard.path} {problem}: run `mega-audio verify {store} --repair` to move it aside, "
+                         f"then the same `mega-audio tokenize` command to re-create its clips")
+        self.problem = problem
 
 
 def remove_path(path: Path) -> None:
@@ -190,11 +188,8 @@ def shard_ids(store: str | Path) -> set[str]:
 def read_shard(shard: ShardInfo) -> Iterator[Sample]:
     """Yield `(codes (T, n_q) int16, meta)` for every clip of one shard, in write order. A shard whose size or clip
     count differs from its index, or that cannot be decoded, raises ShardError naming it and the fix."""
-    path = Path(shard.path)
-    if not path.exists():
-        raise shard_error(shard, "is missing")
-    if shard.bytes is not None and (size := file_size(path)) != shard.bytes:
-        raise shard_error(shard, f"has {size:,} bytes, its index says {shard.bytes:,} (truncated or partly copied)")
+    if problem := integrity_problem(shard.path, shard.bytes):  # size only: hashing would read every byte twice
+        raise ShardError(shard, problem)
     return _read_checked(shard)
 
 
@@ -205,9 +200,9 @@ def _read_checked(shard: ShardInfo) -> Iterator[Sample]:
             n += 1
             yield sample
     except Exception as e:  # tarfile, numpy, json and zarr each raise their own types on damaged bytes
-        raise shard_error(shard, f"cannot be decoded ({type(e).__name__}: {e})") from e
+        raise ShardError(shard, f"cannot be decoded ({type(e).__name__}: {e})") from e
     if n != shard.n:
-        raise shard_error(shard, f"holds {n} clips, its index says {shard.n}")
+        raise ShardError(shard, f"holds {n} clips, its index says {shard.n}")
 
 
 def failure_logs(store: str | Path) -> list[Path]:
@@ -217,31 +212,26 @@ def failure_logs(store: str | Path) -> list[Path]:
 def read_failures(store: str | Path) -> dict[str, dict[str, Any]]:
     """Clip id -> its failure record (id, path, reason) from every writer's log. A last line cut short by a kill is
     skipped: its clip is simply tried again."""
-    failures = {}
-    for log in failure_logs(store):
-        for line in log.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            failures[record["id"]] = record
-    return failures
+    return {record["id"]: record for log in failure_logs(store) for line in log.read_text().splitlines()
+            if (record := _record(line)) is not None}
 
 
 def forget_failures(store: str | Path, ids: set[str]) -> None:
     """Drop the failure records of `ids` (about to be retried) from every log, each rewritten atomically."""
     for log in failure_logs(store):
         lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _record_id(line) not in ids]
+        kept = [line for line in lines if (record := _record(line)) is None or record["id"] not in ids]
         if len(kept) != len(lines):
             atomic_write_text(log, "".join(kept))
 
 
-def _record_id(line: str) -> str | None:
+def _record(line: str) -> dict[str, Any] | None:
+    """One failure record, or None for a line that is not one (cut short by a kill, or empty)."""
     try:
-        return json.loads(line)["id"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        record = json.loads(line)
+    except json.JSONDecodeError:
         return None
+    return record if isinstance(record, dict) and "id" in record else None
 
 
 @dataclass
@@ -347,12 +337,10 @@ class WriterLease:
         self.dir = Path(store) / "locks"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / f"r{rank:03d}-of-{world_size:03d}.lock"
-        self.file = open(self.path, "a+")
-        if not _try_lock(self.file):
-            self.file.close()
+        self.file = _take(self.path)
+        if self.file is None:
             raise ValueError(f"slice {rank} of {world_size} of {store} is being written by {_holder(self.path)}: "
                              f"wait for it to finish or stop it (two writers of one slice would duplicate clips)")
-        _write_holder(self.file)
         for other in sorted(self.dir.glob("r*-of-*.lock")):
             if not other.name.endswith(f"-of-{world_size:03d}.lock") and _is_held(other):
                 self.release()
@@ -369,11 +357,9 @@ def all_slices_locked(store: str | Path) -> Iterator[None]:
     held = []
     try:
         for path in sorted((Path(store) / "locks").glob("r*-of-*.lock")):
-            f = open(path, "a+")
-            if not _try_lock(f):
-                f.close()
+            f = _take(path)
+            if f is None:
                 raise ValueError(f"{store} is being written by {_holder(path)}: repair it once that run has finished")
-            _write_holder(f)
             held.append(f)
         yield
     finally:
@@ -386,12 +372,19 @@ def writers_active(store: str | Path) -> bool:
     return any(_is_held(path) for path in (Path(store) / "locks").glob("r*-of-*.lock"))
 
 
-def _try_lock(f) -> bool:
+def _take(path: Path):
+    """The lease file open, flock'ed and naming this process as its holder; None when another process holds it."""
+    f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
     except BlockingIOError:
-        return False
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
 
 
 def _is_held(path: Path) -> bool:
@@ -401,13 +394,6 @@ def _is_held(path: Path) -> bool:
             return False
         except BlockingIOError:
             return True
-
-
-def _write_holder(f) -> None:
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
 
 
 def _holder(path: Path) -> str:

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import file_digest, file_size
+from ..fileio import integrity_problem
 from .manifest import read_manifest
 from .store import (
     Accounting,
@@ -71,17 +71,12 @@ class VerifyReport:
 
 def shard_problem(shard: ShardInfo, index_ids: list[str]) -> str | None:
     """What is wrong with one shard (None: it matches its index byte for byte and clip for clip)."""
-    path = Path(shard.path)
-    if not path.exists():
-        return "the shard file is missing"
-    if shard.bytes is not None and (size := file_size(path)) != shard.bytes:
-        return f"{size:,} bytes, its index says {shard.bytes:,} (truncated or partly copied)"
-    if shard.checksum is not None and file_digest(path) != shard.checksum:
-        return "checksum differs from its index (damaged bytes)"
+    if problem := integrity_problem(shard.path, shard.bytes, shard.checksum):
+        return problem
     try:
         ids = [meta["id"] for _, meta in read_shard(shard)]
     except ShardError as e:
-        return getattr(e, "problem", str(e))
+        return e.problem
     return None if ids == index_ids else f"holds {len(ids)} clips that differ from the {len(index_ids)} its index lists"
 
 

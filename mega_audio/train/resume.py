@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write_text, file_digest
+from ..fileio import atomic_write_text, file_digest, integrity_problem
 from .loop import check_codec
 
 STATE_NAME = "trainer_state.json"
@@ -67,11 +67,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"{STATE_NAME} is unreadable ({type(e).__name__})"
     for name, expected in state.get("files", {}).items():  # checkpoints of older versions record no files
-        path = checkpoint / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"] or file_digest(path) != expected["blake2b"]:
-            return f"{name} is damaged (size or checksum differs from {STATE_NAME})"
+        if problem := integrity_problem(checkpoint / name, expected["bytes"], expected["blake2b"]):
+            return f"{name} {problem} ({STATE_NAME})"
     return None
 
 
