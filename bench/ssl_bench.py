@@ -87,6 +87,12 @@ def recipe_of(args, name: str) -> Variant:
     return Variant(v.flags, v.kbps or args.bitrate, v.model or args.model, v.steps or args.steps)
 
 
+def run_flags(recipe: str, seeds: list[int]) -> list[str]:
+    """The flags that set a protocol run apart from `make bench-ssl`'s: they show in its table and name its files."""
+    return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []),
+            *(["--seeds", *map(str, seeds)] if seeds != DEFAULT_SEEDS else [])]
+
+
 def shown_flags(args, name: str) -> str:
     """The pre-training flags that make a variant differ from the protocol's defaults."""
     r = recipe_of(args, name)
@@ -238,10 +244,9 @@ def ablation(args, pool_hours: float) -> dict:
 
 def markdown(summary: dict) -> str:
     recipe = summary.get("recipe", DEFAULT_VARIANT)
-    seeds = "" if summary["seeds"] == DEFAULT_SEEDS or "variants" in summary else \
-        " --seeds " + " ".join(map(str, summary["seeds"]))
-    flags = " --ablate`" if "variants" in summary else f"{seeds}` (the shipped recipe)" if recipe not in VARIANTS else \
-        f" --recipe {recipe}{seeds}` (pre-training flags `{summary['recipe_flags']}`)"
+    flags = " --ablate`" if "variants" in summary else \
+        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"])) + "`" + \
+        (" (the shipped recipe)" if recipe not in VARIANTS else f" (pre-training flags `{summary['recipe_flags']}`)")
     size = "model and pre-training steps per row" if "variants" in summary else \
         f"model `{summary['model']}`, {summary['steps']} pre-training steps"
     head = (f"`python bench/ssl_bench.py{flags}: {size}, batches of 16 x 5 s on {summary['pool_hours']:.2f} h of "
