@@ -62,7 +62,7 @@ LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine
 # keep meaning what their row says.
 @dataclass(frozen=True)
 class Variant:
-    flags: tuple[str, ...] = ()  # extra train/pretrain.py flags (masking)
+    flags: tuple[str, ...] = ()  # extra train/pretrain.py flags (masking, loss weights)
     kbps: float | None = None  # the stores' bitrate
     model: str | None = None
     steps: int | None = None  # pre-training steps (warm-up: a tenth of them)
@@ -77,6 +77,8 @@ VARIANTS = {
     "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0, steps=ABLATION_STEPS),
     "steps500": Variant(steps=ABLATION_STEPS),  # the shipped masking (spans over 50%) at 500 steps: the rows' reference
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
+    "contrastive": Variant(("--contrastive-weight", "1"), steps=ABLATION_STEPS),  # + halves of a clip must match
+    "contrastive0.2": Variant(("--contrastive-weight", "0.2"), steps=ABLATION_STEPS),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 
@@ -256,7 +258,7 @@ def markdown(summary: dict) -> str:
         lines = ["# Pre-training recipe ablation (real audio, instrument family, test accuracy %)", "", head,
                  "One seed per row; the frozen probe reads the layer best on valid (its valid accuracy per layer in the "
                  "last column).", "",
-                 "| recipe | model | steps | kbps | masking flags | frozen random | frozen pre-trained | scratch | "
+                 "| recipe | model | steps | kbps | pre-training flags | frozen random | frozen pre-trained | scratch | "
                  "fine-tuned | valid by layer |",
                  "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
         for v, r in summary["variants"].items():

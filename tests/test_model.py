@@ -9,7 +9,7 @@ from mega_audio.models.classifier import AudioClassifier
 from mega_audio.models.config import PRESETS, ModelConfig, model_config
 from mega_audio.models.flat import FlatTransformer
 from mega_audio.models.layers import LevelHeads, Rotary, SelfAttention, SummaryMixing, apply_rotary
-from mega_audio.models.masking import IGNORE_INDEX, mask_tokens, mlm_loss
+from mega_audio.models.masking import IGNORE_INDEX, clip_halves, contrastive_loss, mask_tokens, mlm_loss
 from mega_audio.models.mega import MegaAudioFormer, parameter_counts
 
 CODEBOOK = 1024
@@ -382,6 +382,29 @@ def test_mel_loss_on_masked_frames_decreases_on_a_learnable_toy():
         assert mel().item() < 0.3 * first_mel
     with pytest.raises(ValueError, match="mel_bins"):
         MegaAudioFormer(tiny())(inputs[..., :4].repeat(1, 1, 2), None, targets.repeat(1, 1, 2), features)
+
+
+def test_contrastive_loss_asks_each_half_to_find_its_partner_and_skips_clips_with_an_empty_half():
+    B, T = 8, 10
+    first = torch.randn(B, 16)
+    partners = torch.cat([first, first + 0.01 * torch.randn(B, 16)])  # rows i and i + B: one clip's halves
+    strangers = torch.cat([first, torch.randn(B, 16)])
+    assert contrastive_loss(partners, None).item() < 0.05
+    assert contrastive_loss(strangers, None).item() > 1.0
+    # clip_halves puts a clip's first half at row i and its second half at row i + B
+    codes = random_codes(B, 2 * T, 2)
+    halves = clip_halves(codes)
+    assert halves.shape == (2 * B, T, 2)
+    assert torch.equal(halves[3], codes[3, :T]) and torch.equal(halves[B + 3], codes[3, T:])
+    # a clip shorter than half the crop has an empty second half: it is neither anchor nor candidate
+    valid = torch.ones(B, 2 * T, dtype=torch.bool)
+    valid[5, T - 2:] = False
+    halves_valid = clip_halves(valid)
+    broken = strangers.clone()
+    broken[B + 5] = first[0]  # whatever its empty half says, the loss does not change
+    expected = contrastive_loss(torch.cat([strangers[:B][torch.arange(B) != 5], strangers[B:][torch.arange(B) != 5]]), None)
+    torch.testing.assert_close(contrastive_loss(strangers, halves_valid), expected)
+    torch.testing.assert_close(contrastive_loss(broken, halves_valid), expected)
 
 
 def test_classifier_from_checkpoint_has_exactly_the_global_weights_and_no_local_encoder(tmp_path):

@@ -20,7 +20,7 @@ from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
 from mega_audio.models.checkpoint import read_checkpoint_config
 from mega_audio.models.config import model_config
-from mega_audio.models.masking import mask_tokens
+from mega_audio.models.masking import clip_halves, mask_tokens
 from mega_audio.models.mega import MegaAudioFormer
 from mega_audio.train.pretrain import RECIPES, PretrainConfig, build_model, lr_at, run
 
@@ -211,6 +211,30 @@ def test_continuing_a_mel_model_without_the_mel_loss_drops_its_head_so_every_par
     assert [name for name, p in model.named_parameters() if p.grad is None] == []
     with pytest.raises(ValueError, match="resume it with its --mel-loss-weight"):
         build_model(cfg, codec, {"model": with_head.config.to_dict()}, n_mels=0)
+
+
+def test_a_contrastive_run_trains_its_head_exports_it_and_a_run_continued_without_the_loss_drops_it(small_store, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(*train_args(small_store, out, "--max-steps", "3", "--num-workers", "0", "--eval-every", "-1",
+                                    "--contrastive-weight", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = read_checkpoint_config(out / "model")
+    assert header["config"]["contrastive_dim"] > 0 and header["metadata"]["pretrain"]["contrastive_weight"] == 1.0
+    steps, _ = debug_records(out)
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    codec = {"n_q": 2, "codebook_size": 1024}
+    model, _ = build_model(PretrainConfig(init_from=str(out / "model"), contrastive_weight=1.0), codec, None)
+    codes = clip_halves(torch.randint(0, 1024, (3, 40, 2)))
+    inputs, targets = mask_tokens(codes, ratio=0.5, generator=torch.Generator().manual_seed(0), mask_id=model.config.mask_id)
+    model(inputs, None, targets, contrastive_weight=1.0)[1].backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []  # the head gets its gradient too
+    model, model_cfg = build_model(PretrainConfig(init_from=str(out / "model")), codec, None)
+    assert model.contrastive_head is None and model_cfg.contrastive_dim == 0
+    with pytest.raises(ValueError, match="resume it with its --contrastive-weight"):
+        build_model(PretrainConfig(), codec, {"model": header["config"]})
+    with pytest.raises(ValueError, match="has none: pass --contrastive-weight 0"):
+        build_model(PretrainConfig(init_from=str(out / "model"), contrastive_weight=1.0), codec,
+                    {"model": model_cfg.to_dict()})
 
 
 def test_linear_complexity_preset_trains_on_bestrq_8192_codes_with_a_mel_loss(tmp_path):

@@ -1,6 +1,7 @@
 """Masked token modelling: which tokens are masked (`mask_tokens`: single tokens, whole frames or spans of frames),
 the losses on them (`masked_token_loss`, which `mlm_loss` defines on full logits; `mel_loss` on stored
-log-mel features) and the seeded generator that makes a micro-batch's masks reproducible on resume.
+log-mel features; `contrastive_loss` between the two halves of a clip) and the seeded generator that makes a
+micro-batch's masks reproducible on resume.
 
 One contract for every unit: `mask_tokens` returns (inputs, targets), where inputs carry MASK at the masked
 tokens and targets carry the original code there and IGNORE_INDEX everywhere else (unmasked or padded), so
@@ -153,6 +154,28 @@ def mel_loss(predicted: torch.Tensor, features: torch.Tensor, targets: torch.Ten
     error = (predicted.float() - (features - mean) / (std + 1e-5)).square().mean(-1)  # (B, T)
     masked = (targets != IGNORE_INDEX).any(dim=-1).float()  # (B, T); no host sync, 0 when nothing is masked
     return (error * masked).sum() / masked.sum().clamp(min=1.0)
+
+
+def clip_halves(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> (2B, T // 2, ...): every clip's first halves, then its second halves, as clips of their own.
+    Two views of one clip for the contrastive loss: row i and row i + B come from the same clip."""
+    half = x.shape[1] // 2
+    return torch.cat([x[:, :half], x[:, half:2 * half]])
+
+
+def contrastive_loss(projections: torch.Tensor, padding_mask: torch.Tensor | None,
+                     temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE between the two halves of each clip (COLA, SimCLR): projections (2B, D) from clip_halves'
+    rows, padding_mask (2B, T'). Each half must pick its partner out of the B other clips' halves. A pair with an
+    empty half (a clip shorter than half the crop) is left out as anchor and as candidate."""
+    first, second = F.normalize(projections.float(), dim=-1).chunk(2)
+    kept = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+    if padding_mask is not None:
+        kept = padding_mask.any(dim=1).view(2, -1).all(dim=0)
+    logits = (first @ second.T / temperature).masked_fill(~(kept[:, None] & kept[None, :]), -1e4)
+    labels = torch.arange(first.shape[0], device=first.device)
+    per_row = F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.T, labels, reduction="none")
+    return (per_row * kept).sum() / (2 * kept.sum().clamp(min=1))
 
 
 def masking_generator(seed: int, rank: int, step: int, micro: int, device: torch.device) -> torch.Generator:

@@ -10,8 +10,8 @@ from einops import rearrange
 
 from .checkpoint import Pretrained
 from .config import ModelConfig
-from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights
-from .masking import masked_token_loss, mel_loss
+from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights, masked_mean
+from .masking import contrastive_loss, masked_token_loss, mel_loss
 
 
 class GlobalEncoder(nn.Module):
@@ -80,16 +80,23 @@ class MegaAudioFormer(Pretrained, nn.Module):
         self.local_encoder = LocalEncoder(config)
         # the auxiliary log-mel target: a small head on the global states (pre-training only; fine-tuning drops it)
         self.mel_head = nn.Linear(config.d_global, config.mel_bins) if config.mel_bins else None
+        # the contrastive projection (pre-training only): the loss acts on its output, so the pooled states below it
+        # keep what the loss does not need (SimCLR's finding; the probe and fine-tuning read those states)
+        self.contrastive_head = nn.Sequential(
+            nn.Linear(config.d_global, config.d_global), nn.GELU(), nn.Linear(config.d_global, config.contrastive_dim),
+        ) if config.contrastive_dim else None
         init_weights(self.global_encoder, config.n_global_layers)
         init_weights(self.local_encoder, config.n_local_layers)
 
     def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                features: torch.Tensor | None = None, mel_weight: float = 1.0):
+                features: torch.Tensor | None = None, mel_weight: float = 1.0, contrastive_weight: float = 0.0):
         """codes: (B, T, n_q), padding_mask: (B, T) True = valid -> (logits (B, T, n_q, V), None).
 
         With targets (from mask_tokens) -> (accuracy, loss) over the masked tokens only: the output heads run on
         the masked tokens alone, a chunk at a time, and their logits are never all in memory (masked_token_loss).
-        With features (B, T, mel_bins) too, the loss adds mel_weight x the MSE of the mel head at the masked frames."""
+        With features (B, T, mel_bins) too, the loss adds mel_weight x the MSE of the mel head at the masked frames.
+        With contrastive_weight > 0, rows i and i + B/2 are the two halves of one clip (clip_halves), and the loss
+        adds contrastive_weight x the InfoNCE of their pooled global states."""
         tokens = self.global_encoder.embed(codes, padding_mask)  # (B, T, n_q, d_token)
         frames = self.global_encoder.encode(tokens, padding_mask)  # (B, T, d_global)
         states = self.local_encoder(tokens, frames)  # (B * T, n_q, d_local)
@@ -97,6 +104,8 @@ class MegaAudioFormer(Pretrained, nn.Module):
             loss, accuracy = masked_token_loss(self.local_encoder.heads, states, targets)
             if features is not None:
                 loss = loss + mel_weight * self.masked_mel_loss(frames, features, targets, padding_mask)
+            if contrastive_weight:
+                loss = loss + contrastive_weight * self.clip_contrastive_loss(frames, padding_mask)
             return accuracy, loss
         return rearrange(self.local_encoder.heads(states), "(b t) q v -> b t q v", b=codes.shape[0]), None
 
@@ -107,6 +116,13 @@ class MegaAudioFormer(Pretrained, nn.Module):
             raise ValueError("this model has no mel head (config mel_bins=0): build it with mel_bins = the stored "
                              "features' bins to train with a mel loss")
         return mel_loss(self.mel_head(frames), features, targets, padding_mask)
+
+    def clip_contrastive_loss(self, frames: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """InfoNCE between the two halves of each clip; frames: global states (2B, T, d_global) of the masked input."""
+        if self.contrastive_head is None:
+            raise ValueError("this model has no contrastive head (config contrastive_dim=0): build it with "
+                             "contrastive_dim > 0 to train with a contrastive loss")
+        return contrastive_loss(self.contrastive_head(masked_mean(frames, padding_mask)), padding_mask)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -23,7 +23,7 @@ from ..data.stream import TokenStream, make_loader, parse_store_weights
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_BLOCKS, GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
-from ..models.masking import MASK_UNITS, IGNORE_INDEX, mask_tokens, masking_generator, span_frames
+from ..models.masking import MASK_UNITS, IGNORE_INDEX, clip_halves, mask_tokens, masking_generator, span_frames
 from ..models.mega import MegaAudioFormer
 from .loop import (
     REPORT_TO,
@@ -76,6 +76,10 @@ class PretrainConfig:
                                            above=0, max=1)
     mel_loss_weight: float = option(0.0, "add this x the MSE of a small head predicting the log-mel of masked frames "
                                          "(needs stores tokenized with --store-features logmel)", min=0)
+    contrastive_weight: float = option(0.0, "add this x a contrastive loss: the two halves of each crop become two "
+                                            "clips whose pooled global states must pick each other out of the batch "
+                                            "(clip-level features for probes; see README: 'Does pre-training help?')",
+                                       min=0)
     seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
     num_workers: int = option(2, "DataLoader workers per process", min=0)
     shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer", min=1)
@@ -203,6 +207,9 @@ def evaluate_masked(model, loader, n_batches: int, accelerator, cfg: PretrainCon
 # the run
 
 
+CONTRASTIVE_DIM = 128  # the projection the contrastive loss compares (SimCLR uses 128 too)
+
+
 def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
                 n_mels: int = 0) -> tuple[MegaAudioFormer, ModelConfig]:
     if resume_state is not None:  # the checkpoint's architecture, whatever the preset flags say now
@@ -212,7 +219,8 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
         model = MegaAudioFormer.from_pretrained(cfg.init_from)
     else:
         model = MegaAudioFormer(model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
-                                             global_block=cfg.global_block, mel_bins=n_mels))
+                                             global_block=cfg.global_block, mel_bins=n_mels,
+                                             contrastive_dim=CONTRASTIVE_DIM if cfg.contrastive_weight > 0 else 0))
     if model.config.mel_bins != n_mels and n_mels:
         raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
                          f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
@@ -223,6 +231,16 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
         # on every parameter (it would hang or fail at the second step); the exports would carry dead weights too
         model.mel_head = None
         model.config = replace(model.config, mel_bins=0)
+    contrastive = cfg.contrastive_weight > 0
+    if contrastive and not model.config.contrastive_dim:
+        raise ValueError("--contrastive-weight needs a contrastive head, and the model to continue has none: pass "
+                         "--contrastive-weight 0 or start a new run")
+    if model.config.contrastive_dim and not contrastive:
+        if resume_state is not None:
+            raise ValueError("the run to resume was pre-trained with a contrastive loss: resume it with its "
+                             "--contrastive-weight")
+        model.contrastive_head = None  # as with the mel head: a head no loss reaches must not be trained or exported
+        model.config = replace(model.config, contrastive_dim=0)
     return model, model.config
 
 
@@ -280,15 +298,18 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
     totals, frames = torch.zeros(3, device=accelerator.device), 0
     for micro in range(cfg.grad_accum):
         batch = next(batches)
-        valid = batch["padding_mask"]  # (B, T) on the host: counting here costs no device sync
-        codes = batch["codes"].to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
+        valid, codes, features = batch["padding_mask"], batch["codes"], batch.get("features")
+        if cfg.contrastive_weight > 0:  # two views of every clip, each masked on its own
+            valid, codes, features = (None if x is None else clip_halves(x) for x in (valid, codes, features))
+        # valid: (B, T) on the host, so counting frames costs no device sync
+        codes = codes.to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
         padding_mask = None if valid.all() else valid.to(accelerator.device, non_blocking=True)  # None: flash SDPA
-        features = batch["features"].to(accelerator.device, non_blocking=True) if cfg.mel_loss_weight > 0 else None
+        features = features.to(accelerator.device, non_blocking=True) if cfg.mel_loss_weight > 0 else None
         generator = masking_generator(cfg.seed, accelerator.process_index, step, micro, accelerator.device)
         inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
                                       **masking_options(cfg, frame_rate))
         with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
-            _, loss = model(inputs, padding_mask, targets, features, cfg.mel_loss_weight)
+            _, loss = model(inputs, padding_mask, targets, features, cfg.mel_loss_weight, cfg.contrastive_weight)
             optimizer_step(accelerator, model, optimizer, loss, cfg.grad_clip)
         n_valid = int(valid.sum())
         frames += n_valid
@@ -420,6 +441,7 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
             "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
             "mask_start_prob": cfg.mask_start_prob, "mel_loss_weight": cfg.mel_loss_weight,
+            "contrastive_weight": cfg.contrastive_weight,
             "lr_schedule": lr_schedule(cfg), "continued_from": continued_from, "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
