@@ -225,23 +225,25 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
         raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
                          f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
     if model.config.mel_bins and not n_mels:
-        if resume_state is not None:
-            raise ValueError("the run to resume was pre-trained with a mel loss: resume it with its --mel-loss-weight")
-        # continued without the mel loss: no loss would reach the head, and DDP's all-reduce waits for a gradient
-        # on every parameter (it would hang or fail at the second step); the exports would carry dead weights too
-        model.mel_head = None
-        model.config = replace(model.config, mel_bins=0)
+        drop_head(model, "mel_head", "mel_bins", "mel loss", "--mel-loss-weight", resume_state is not None)
     contrastive = cfg.contrastive_weight > 0
     if contrastive and not model.config.contrastive_dim:
         raise ValueError("--contrastive-weight needs a contrastive head, and the model to continue has none: pass "
                          "--contrastive-weight 0 or start a new run")
     if model.config.contrastive_dim and not contrastive:
-        if resume_state is not None:
-            raise ValueError("the run to resume was pre-trained with a contrastive loss: resume it with its "
-                             "--contrastive-weight")
-        model.contrastive_head = None  # as with the mel head: a head no loss reaches must not be trained or exported
-        model.config = replace(model.config, contrastive_dim=0)
+        drop_head(model, "contrastive_head", "contrastive_dim", "contrastive loss", "--contrastive-weight",
+                  resume_state is not None)
     return model, model.config
+
+
+def drop_head(model: MegaAudioFormer, head: str, size_field: str, loss: str, flag: str, resuming: bool) -> None:
+    """Continued without the loss a pre-training head serves: no gradient would reach the head, and DDP's all-reduce
+    waits for one on every parameter (it would hang or fail at the second step); the exports would carry dead
+    weights too. So the head goes. A resumed run keeps its losses instead."""
+    if resuming:
+        raise ValueError(f"the run to resume was pre-trained with a {loss}: resume it with its {flag}")
+    setattr(model, head, None)
+    model.config = replace(model.config, **{size_field: 0})
 
 
 def check_init_from(cfg: PretrainConfig, codec: dict) -> dict:
