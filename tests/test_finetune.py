@@ -215,19 +215,23 @@ def test_freeze_trains_only_a_512_wide_probe_and_leaves_encoder_weights_untouche
     assert not torch.equal(heads[0.0]["head.1.weight"], heads[1e-2]["head.1.weight"])  # the probe did train
 
 
+@pytest.mark.parametrize("pool, hidden", [("mean", 512), ("attention", 0)])  # 0: a linear head
 def test_frozen_probe_picks_a_layer_on_valid_and_its_checkpoint_scores_the_same_as_the_cached_features(
-        small_store, tmp_path):
+        small_store, tmp_path, pool, hidden):
     ckpt = pretrained(tmp_path / "pre", small_store, 0)
     out = tmp_path / "probe"
     results = finetune(config(small_store, out, scratch=False, init=str(ckpt), freeze=True, probe_layer="best",
-                              epochs=20, lr=1e-2))
+                              probe_pool=pool, hidden=hidden, epochs=20, lr=1e-2))
     n_layers = model_config("tiny", 2, 1024).n_global_layers
     assert set(results["valid_by_layer"]) == {"mean", *map(str, range(1, n_layers + 1))}
     assert results["valid_by_layer"][results["probe_layer"]] == max(results["valid_by_layer"].values())
-    # the saved classifier reads that layer through the encoder: the same test metrics as the cached path
+    # the saved classifier reads that layer through the encoder and pools it itself: the same test metrics as the
+    # cached path (for attention, frames cached per clip and padded per batch)
     again = evaluate(out, small_store)
     assert again["metrics"] == pytest.approx(results["metrics"]["test"], abs=1e-6)
-    assert AudioClassifier.from_pretrained(out).probe_layer == results["probe_layer"]
+    saved = AudioClassifier.from_pretrained(out)
+    assert (saved.probe_layer, saved.probe_pool, saved.hidden) == (results["probe_layer"], pool, hidden)
+    assert_same_weights(encoder_weights(out), encoder_weights(ckpt))
 
 
 def test_lp_ft_fits_the_linear_head_on_frozen_features_before_fine_tuning(small_store, tmp_path):

@@ -99,6 +99,22 @@ def test_classifier_embedding_ignores_padded_frames(block, mixer):
         torch.testing.assert_close(classifier.embed(padded, padding_mask), classifier.embed(clip), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("layer", ["0", "1", "mean", "last"])
+def test_attention_pool_starts_as_the_mean_learns_to_weigh_frames_and_ignores_padded_ones(layer):
+    classifier = AudioClassifier(tiny(), n_classes=3, probe_layer=layer, probe_pool="attention").eval()
+    pool = classifier.attention_pool
+    clip = random_codes(1, 6, 4)
+    padded, padding_mask = _pad_with_garbage(clip, extra=5)
+    with torch.no_grad():
+        states = classifier.frame_states(clip)
+        mean_of_values = pool.value(pool.norm(states)).mean(dim=1)
+        torch.testing.assert_close(classifier.embed(clip), mean_of_values, atol=1e-5, rtol=0)  # a zero query
+        pool.query.normal_()  # what training does: some frames now weigh more
+        weighted = classifier.embed(clip)
+        torch.testing.assert_close(classifier.embed(padded, padding_mask), weighted, atol=1e-5, rtol=0)
+    assert not torch.allclose(weighted, mean_of_values, atol=1e-3)
+
+
 @pytest.mark.parametrize("block,mixer", GLOBAL_ENCODERS)
 def test_shuffling_the_frames_of_a_clip_changes_its_embedding_for_every_global_encoder(block, mixer):
     classifier = AudioClassifier(tiny(global_mixer=mixer, global_block=block), n_classes=3).eval()
@@ -434,14 +450,16 @@ def test_classifier_from_pretraining_checkpoint_needs_n_classes(tmp_path):
         AudioClassifier.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("multi_label, hidden", [(False, None), (True, 512)])
-def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden):
+@pytest.mark.parametrize("multi_label, hidden, pool", [(False, None, "mean"), (True, 512, "mean"), (False, 0, "attention")])
+def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden, pool):
     codes = random_codes(2, 5, 4)
     models = [
         MegaAudioFormer(tiny(global_mixer="summary_mixing", global_block="branchformer")),
         FlatTransformer(tiny(global_mixer="summary_mixing")),
-        AudioClassifier(tiny(), n_classes=4, multi_label=multi_label, hidden=hidden),
+        AudioClassifier(tiny(), n_classes=4, multi_label=multi_label, hidden=hidden, probe_pool=pool),
     ]
+    if pool == "attention":
+        torch.nn.init.normal_(models[2].attention_pool.query)  # not the mean any more: the reloaded query must count
     for i, model in enumerate(models):
         model.eval().save_pretrained(tmp_path / str(i), metadata={"labels": ["a", "b", "c", "d"]})
         reloaded = type(model).from_pretrained(tmp_path / str(i)).eval()
@@ -451,7 +469,8 @@ def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden)
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["0", "1", "2"] + ["config.json", "model.safetensors",
                                                                                    "README.md"] * 3)
     classifier = AudioClassifier.from_pretrained(tmp_path / "2")
-    assert (classifier.multi_label, classifier.hidden, classifier.n_classes) == (multi_label, hidden, 4)
+    assert (classifier.multi_label, classifier.hidden, classifier.n_classes, classifier.probe_pool) == \
+        (multi_label, hidden, 4, pool)
 
 
 def test_loading_a_checkpoint_as_the_wrong_model_names_what_it_holds(tmp_path):

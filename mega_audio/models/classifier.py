@@ -1,7 +1,9 @@
 """AudioClassifier: the global encoder of a pre-trained Mega-AudioFormer, mean-pooled, and a linear (or probe) head.
 
 A frozen probe may read any layer of the encoder (`probe_layer`): self-supervised features are often best in the
-middle of the stack, not at its end."""
+middle of the stack, not at its end. It may also pool a clip's frames with learned attention instead of the mean
+(`probe_pool`), as the attentive probes of V-JEPA and AIM do: masked-modelling features keep what they know in
+individual frames, and a mean over a 4 s note gives its few attack frames a weight of a few percent."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .checkpoint import Pretrained, check_model_type, load_weights, local_checkpoint, read_checkpoint_config
 from .config import ModelConfig
@@ -17,37 +20,77 @@ from .layers import init_weights, masked_mean
 from .mega import GlobalEncoder, MegaAudioFormer
 
 
+PROBE_POOLS = ("mean", "attention")
+
+
+class AttentionPool(nn.Module):
+    """(B, T, D) frames -> (B, D): per head, a learned query's attention-weighted mean of the frames' values."""
+
+    def __init__(self, dim: int, n_heads: int = 4):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Parameter(torch.zeros(n_heads, 1, dim // n_heads))
+        self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def reset_parameters(self) -> None:
+        for m in (self.norm, self.key, self.value):
+            m.reset_parameters()
+        nn.init.zeros_(self.query)  # equal weights on every frame: training starts from the mean
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(x)
+        k, v = (rearrange(proj(x), "b t (h e) -> b h t e", h=self.n_heads) for proj in (self.key, self.value))
+        mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, T): True = a real frame
+        pooled = F.scaled_dot_product_attention(self.query.expand(len(x), -1, -1, -1).to(k.dtype), k, v, attn_mask=mask)
+        return rearrange(pooled, "b h 1 e -> b (h e)")
+
+
 class AudioClassifier(Pretrained, nn.Module):
-    """Global encoder + mean over valid frames + a linear head (or a small MLP for frozen probes)."""
+    """Global encoder + mean (or attention pool) over valid frames + a linear head (or a small MLP for frozen probes)."""
 
     model_type = "audio_classifier"
 
     def __init__(self, config: ModelConfig, n_classes: int, multi_label: bool = False, hidden: int | None = None,
-                 head_dropout: float = 0.1, probe_layer: str = "last"):
+                 head_dropout: float = 0.1, probe_layer: str = "last", probe_pool: str = "mean"):
         super().__init__()
         self.config, self.n_classes, self.multi_label, self.hidden = config, n_classes, multi_label, hidden
         self.probe_layer = check_probe_layer(probe_layer, config.n_global_layers)
+        if probe_pool not in PROBE_POOLS:
+            raise ValueError(f"probe pool {probe_pool!r}: use one of {PROBE_POOLS}")
+        self.probe_pool = probe_pool
         self.global_encoder = GlobalEncoder(config)
-        if hidden:  # the frozen probe. Frozen features share a large common offset and every layer has its own
-            # scale: standardising each feature with the training set's statistics (a BatchNorm without affine
+        self.attention_pool = AttentionPool(config.d_global) if probe_pool == "attention" else None
+        if hidden is not None:  # the frozen probe. Frozen features share a large common offset and every layer has
+            # its own scale: standardising each feature with the training set's statistics (a BatchNorm without affine
             # parameters, cumulative averages) is what lets a small head learn from them quickly.
-            self.head = nn.Sequential(nn.BatchNorm1d(config.d_global, affine=False, momentum=None),
-                                      nn.Linear(config.d_global, hidden), nn.GELU(), nn.Dropout(head_dropout),
-                                      nn.Linear(hidden, n_classes))
+            standardise = nn.BatchNorm1d(config.d_global, affine=False, momentum=None)
+            self.head = nn.Sequential(standardise, nn.Dropout(head_dropout), nn.Linear(config.d_global, n_classes)) \
+                if hidden == 0 else \
+                nn.Sequential(standardise, nn.Linear(config.d_global, hidden), nn.GELU(), nn.Dropout(head_dropout),
+                              nn.Linear(hidden, n_classes))
         else:
             self.head = nn.Linear(config.d_global, n_classes)
         init_weights(self.global_encoder, config.n_global_layers)
         init_weights(self.head, 1)
 
     def embed(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """codes: (B, T, n_q) -> clip embeddings (B, d_global), the mean of the valid frames' states of the probe
-        layer (the last, a layer number 1..n_global_layers, or the mean of all layers)."""
+        """codes: (B, T, n_q) -> clip embeddings (B, d_global), the probe layer's frame states pooled."""
+        return self.pool(self.frame_states(codes, padding_mask), padding_mask)
+
+    def frame_states(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """codes: (B, T, n_q) -> (B, T, d_global) states of the probe layer (the last, a layer number 0..n_global_layers
+        with 0 the patch embeddings, or the mean of layers 1..n_global_layers)."""
         if self.probe_layer == "last":
-            return masked_mean(self.global_encoder(codes, padding_mask), padding_mask)
-        return select_layer(self.layer_embeddings(codes, padding_mask), self.probe_layer)
+            return self.global_encoder(codes, padding_mask)
+        return select_layer(torch.stack(self.global_encoder.layer_states(codes, padding_mask), dim=1), self.probe_layer)
+
+    def pool(self, states: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) frame states, (B, T) valid -> (B, D) clip embeddings."""
+        return self.attention_pool(states, valid) if self.attention_pool is not None else masked_mean(states, valid)
 
     def layer_embeddings(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """codes: (B, T, n_q) -> every layer's clip embedding (B, n_global_layers, d_global)."""
+        """codes: (B, T, n_q) -> every layer's mean-pooled clip embedding (B, 1 + n_global_layers, d_global)."""
         states = self.global_encoder.layer_states(codes, padding_mask)
         return torch.stack([masked_mean(s, padding_mask) for s in states], dim=1)
 
@@ -69,12 +112,12 @@ class AudioClassifier(Pretrained, nn.Module):
 
     def checkpoint_header(self) -> dict:
         return {**super().checkpoint_header(), "n_classes": self.n_classes, "multi_label": self.multi_label,
-                "hidden": self.hidden, "probe_layer": self.probe_layer}
+                "hidden": self.hidden, "probe_layer": self.probe_layer, "probe_pool": self.probe_pool}
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | Path, n_classes: int | None = None, multi_label: bool = False,
                         hidden: int | None = None, head_dropout: float = 0.1, device: str = "cpu",
-                        probe_layer: str = "last", **hub_kwargs) -> "AudioClassifier":
+                        probe_layer: str = "last", probe_pool: str = "mean", **hub_kwargs) -> "AudioClassifier":
         """From a local directory or a Hub repo id. A classifier checkpoint without n_classes: everything restored
         (metadata too). With n_classes (or from a pre-training checkpoint, which needs it): only the global_encoder.*
         weights are read, the head is new and the local encoder is never built."""
@@ -84,15 +127,15 @@ class AudioClassifier(Pretrained, nn.Module):
         config = ModelConfig.from_dict(header["config"])
         if header["model_type"] == cls.model_type and n_classes is None:
             model = cls(config, header["n_classes"], header["multi_label"], header["hidden"],
-                        probe_layer=header.get("probe_layer", "last"))
+                        probe_layer=header.get("probe_layer", "last"), probe_pool=header.get("probe_pool", "mean"))
             model.load_state_dict(load_weights(directory, device=device))
             model.metadata = header.get("metadata", {})
             return model.to(device)
         if n_classes is None:
             raise ValueError(f"{path_or_repo_id} is a pretraining checkpoint: pass n_classes to build a new head")
-        model = cls(config, n_classes, multi_label, hidden, head_dropout, probe_layer)
+        model = cls(config, n_classes, multi_label, hidden, head_dropout, probe_layer, probe_pool)
         missing, unexpected = model.load_state_dict(load_weights(directory, "global_encoder.", device), strict=False)
-        if unexpected or any(not k.startswith("head.") for k in missing):
+        if unexpected or any(not k.startswith(("head.", "attention_pool.")) for k in missing):
             raise ValueError(f"{path_or_repo_id}: no global encoder matching its config (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}): pass a Mega-AudioFormer export or a classifier checkpoint")
         model.metadata = {k: v for k, v in header.get("metadata", {}).items() if k == "codec"}  # what still holds
@@ -100,14 +143,14 @@ class AudioClassifier(Pretrained, nn.Module):
 
 
 def check_probe_layer(layer: str, depth: int) -> str:
-    """'last', 'mean' (of all layers) or a layer number 1..depth."""
-    if layer in ("last", "mean") or (layer.isdigit() and 1 <= int(layer) <= depth):
+    """'last', 'mean' (of layers 1..depth) or a layer number 0..depth (0: the patch embeddings)."""
+    if layer in ("last", "mean") or (layer.isdigit() and int(layer) <= depth):
         return layer
-    raise ValueError(f"probe layer {layer!r}: use last, mean, or a layer number from 1 to {depth}")
+    raise ValueError(f"probe layer {layer!r}: use last, mean, or a layer number from 0 (the patch embeddings) to {depth}")
 
 
 def select_layer(layers: torch.Tensor, layer: str) -> torch.Tensor:
-    """layers: (B, n_layers, D) per-layer clip embeddings -> (B, D) of the probe layer."""
+    """layers: (B, 1 + depth, ...) per-layer states, layer 0 the patch embeddings -> (B, ...) of the probe layer."""
     if layer == "mean":
-        return layers.mean(dim=1)
-    return layers[:, -1] if layer == "last" else layers[:, int(layer) - 1]
+        return layers[:, 1:].mean(dim=1)
+    return layers[:, -1] if layer == "last" else layers[:, int(layer)]

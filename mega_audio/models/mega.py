@@ -46,9 +46,10 @@ class GlobalEncoder(nn.Module):
         return self.encode(self.embed(codes, padding_mask), padding_mask)
 
     def layer_states(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Every layer's frame states [(B, T, d_global)] * n_global_layers, the last one normed as in forward."""
+        """Frame states [(B, T, d_global)] * (1 + n_global_layers): the patch embeddings (layer 0, the encoder's input),
+        then every layer's output, the last one normed as in forward."""
         patches = self.patch_proj(rearrange(self.embed(codes, padding_mask), "b t q d -> b t (q d)"))
-        return self.encoder(self.dropout(patches), attention_valid_mask(padding_mask), all_layers=True)
+        return [patches, *self.encoder(self.dropout(patches), attention_valid_mask(padding_mask), all_layers=True)]
 
 
 class LocalEncoder(nn.Module):

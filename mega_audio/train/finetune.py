@@ -20,7 +20,7 @@ from ..data.store import TokenStore
 from ..data.stream import TaskStream, make_loader
 from ..data.tasks import split_samples, task_view
 from ..models.checkpoint import load_weights, read_checkpoint_config
-from ..models.classifier import AudioClassifier
+from ..models.classifier import PROBE_POOLS, AudioClassifier
 from ..models.config import PRESETS, ModelConfig, model_config
 from .inference import DEFAULT_EVAL_MODE, EVAL_MODES, evaluate_split
 from .probe import frozen_probe
@@ -42,11 +42,14 @@ class FinetuneConfig:
                                above=0, max=1)
     freeze: bool = option(False, "frozen probe: encoder frozen (run once per clip, features cached), head = one "
                                  "hidden layer with dropout trained for --epochs on the features")
-    hidden: int = option(512, "hidden width of the frozen probe's head", min=1)
+    hidden: int = option(512, "hidden width of the frozen probe's head (0: a linear probe)", min=0)
     head_dropout: float = option(0.25, "dropout in the frozen probe's head (0.25, as the linear-complexity SSL paper probes)",
                                  min=0, below=1)
     probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
-                                      "mean (of all layers) or a layer number")
+                                      "mean (of all layers) or a layer number (0: the patch embeddings)")
+    probe_pool: str = option("mean", "frozen probe: how a clip's frames become one vector: mean, or attention (learned "
+                                     "queries weigh the frames, as in the attentive probes of V-JEPA and AIM)",
+                             choices=list(PROBE_POOLS))
     lp_epochs: int = option(0, "LP-FT: before fine-tuning, fit the linear head for this many epochs on the frozen "
                                "encoder's cached features, so a random head does not distort pre-trained features",
                             min=0)
@@ -101,15 +104,15 @@ def build_classifier(cfg: FinetuneConfig, store: TokenStore, n_classes: int, mul
     """A new head on random weights (--scratch) or on the global encoder of --init; refuses mismatched tokens."""
     if bool(cfg.init) == cfg.scratch:
         raise ValueError("pass exactly one of --init CHECKPOINT (fine-tune a pre-trained model) or --scratch")
-    hidden = cfg.hidden if cfg.freeze else None
+    hidden, pool = (cfg.hidden, cfg.probe_pool) if cfg.freeze else (None, "mean")
     if cfg.scratch:
         config = model_config(cfg.model, store.n_q, store.codebook_size)
-        return AudioClassifier(config, n_classes, multi_label, hidden, cfg.head_dropout)
+        return AudioClassifier(config, n_classes, multi_label, hidden, cfg.head_dropout, probe_pool=pool)
     header = read_checkpoint_config(cfg.init)
     check_codec(header.get("metadata", {}).get("codec"), store.card["codec"], cfg.init, str(store.path))
     ModelConfig.from_dict(header["config"]).check_data(store.n_q, store.codebook_size)
     # with n_classes the head is always new, also on a classifier checkpoint
-    return AudioClassifier.from_pretrained(cfg.init, n_classes, multi_label, hidden, cfg.head_dropout)
+    return AudioClassifier.from_pretrained(cfg.init, n_classes, multi_label, hidden, cfg.head_dropout, probe_pool=pool)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,24 +73,27 @@ def windows(codes: np.ndarray, max_frames: int | None, mode: str) -> list[np.nda
     return pieces[:-1] if len(pieces[-1]) < max_frames // 2 else pieces
 
 
+def mean_of_windows(outputs: list[np.ndarray], pieces: list[np.ndarray]) -> np.ndarray:
+    return np.mean(outputs, axis=0)
+
+
 @torch.no_grad()
 def clip_outputs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], samples: Iterable[Sample], pad_id: int,
                  max_frames: int | None, mode: str, batch_size: int, device: torch.device | str,
-                 desc: str | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-    """(meta, fn output averaged over the clip's windows) per clip.
-    fn: (codes (B, T, n_q), padding_mask (B, T)) -> (B, D)."""
+                 desc: str | None = None, reduce: Callable = mean_of_windows) -> Iterator[tuple[dict, np.ndarray]]:
+    """(meta, fn's outputs for the clip's windows combined by reduce(outputs, windows), by default their mean) per clip.
+    fn: (codes (B, T, n_q), padding_mask (B, T)) -> (B, ...)."""
     bar = tqdm(desc=desc, unit="clip", disable=desc is None, leave=False)
     for group in chunked(samples, batch_size):
         pieces = [windows(codes, max_frames, mode) for codes, _ in group]
         flat = [(w, meta) for ws, (_, meta) in zip(pieces, group) for w in ws]
-        outputs = []
+        outputs = []  # one array per window
         for sub in chunked(flat, batch_size):
             batch = collate(sub, None, pad_id, crop="start")
-            outputs.append(fn(batch["codes"].to(device), batch["padding_mask"].to(device)).float().cpu())
-        outputs = torch.cat(outputs).numpy()  # (windows, D)
+            outputs.extend(fn(batch["codes"].to(device), batch["padding_mask"].to(device)).float().cpu().numpy())
         start = 0
         for ws, (_, meta) in zip(pieces, group):
-            yield meta, outputs[start: start + len(ws)].mean(axis=0)
+            yield meta, reduce(outputs[start: start + len(ws)], ws)
             start += len(ws)
         bar.update(len(group))
     bar.close()

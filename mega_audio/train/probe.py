@@ -1,9 +1,12 @@
 """Frozen probes (`mega-audio finetune --freeze`): the encoder runs once per clip, the head trains on cached features.
 
 A frozen encoder gives a clip the same features in every epoch, so running it again at each step (as fine-tuning
-must) only burns compute: caching makes a probe cost one pass over the data. Caching every layer at once also makes
-`--probe-layer best` (the layer that scores best on valid) nearly free. Clips longer than the window are read as
-consecutive windows whose features are averaged (`--eval-mode chunks`), at training time too.
+must) only burns compute: caching makes a probe cost one pass over the data. A mean-pooling probe caches every
+layer's pooled clip embedding in that one pass, which makes `--probe-layer best` (the layer that scores best on
+valid) nearly free. An attention-pooling probe (`--probe-pool attention`) learns how to pool, so it caches the frame
+states themselves, one layer at a time (one pass per candidate layer, and the memory of one layer's frames). Clips
+longer than the window are read as consecutive windows (`--eval-mode chunks`), at training time too: their mean
+embeddings are averaged, their frames are joined.
 """
 
 from __future__ import annotations
@@ -13,105 +16,174 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
 
 from ..data.store import Sample
 from ..data.tasks import Task, split_samples
 from ..models.classifier import AudioClassifier, select_layer
-from .inference import clip_outputs, split_result
+from .inference import clip_outputs, mean_of_windows, split_result
 from .loop import cosine_lr, set_lr
 
-PROBE_LAYERS = ("last", "mean", "best")  # or a layer number 1..n_global_layers
+PROBE_LAYERS = ("last", "mean", "best")  # or a layer number 0..n_global_layers (0: the patch embeddings)
+
+
+class ClipSet:
+    """A probe head's cached inputs: per clip a (T, D) set of frame states (T = 1: a mean-pooled clip embedding)."""
+
+    def __init__(self, clips: list[torch.Tensor]):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> frames (B, T, D) float32 right-padded, valid (B, T)."""
+        items = [self.clips[i] for i in idx.tolist()]
+        lengths = torch.tensor([len(c) for c in items])
+        frames = pad_sequence(items, batch_first=True).float()
+        return frames.to(device), (torch.arange(frames.shape[1])[None] < lengths[:, None]).to(device)
+
+
+def encode_clips(model: AudioClassifier, fn: Callable, samples: Iterable[Sample], max_frames: int | None, mode: str,
+                 batch_size: int, accelerator=None, desc: str | None = None,
+                 reduce: Callable = mean_of_windows) -> tuple[list[dict], list[np.ndarray]]:
+    """(metas, fn's output per clip) of every clip; with several processes each encodes every world_size-th clip and
+    all of them get the gathered result."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    mine = list(clip_outputs(fn, (s for i, s in enumerate(samples) if i % world == rank), model.config.pad_id,
+                             max_frames, mode, batch_size, device, desc if rank == 0 else None, reduce))
+    if world > 1:
+        from accelerate.utils import gather_object
+        mine = gather_object(mine)
+    return [m for m, _ in mine], [f for _, f in mine]
 
 
 def layer_features(model: AudioClassifier, samples: Iterable[Sample], max_frames: int | None, mode: str,
                    batch_size: int, accelerator=None, desc: str | None = None) -> tuple[list[dict], torch.Tensor]:
-    """(metas, features (N, n_layers, d_global)) of every clip; with several processes each encodes every
-    world_size-th clip and all of them get the gathered result."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    n_layers, dim = model.config.n_global_layers, model.config.d_global
-    fn = lambda codes, mask: model.layer_embeddings(codes, mask).flatten(1)  # noqa: E731  (B, n_layers * D)
-    mine = list(clip_outputs(fn, (s for i, s in enumerate(samples) if i % world == rank), model.config.pad_id,
-                             max_frames, mode, batch_size, device, desc if rank == 0 else None))
-    if world > 1:
-        from accelerate.utils import gather_object
-        mine = gather_object(mine)
-    features = torch.from_numpy(np.stack([f for _, f in mine])) if mine else torch.zeros(0, n_layers * dim)
-    return [m for m, _ in mine], features.float().view(-1, n_layers, dim)
+    """(metas, mean-pooled features (N, 1 + n_layers, d_global)) of every clip, layer 0 the patch embeddings."""
+    fn = lambda codes, mask: model.layer_embeddings(codes, mask).flatten(1)  # noqa: E731  (B, (1 + n_layers) * D)
+    metas, features = encode_clips(model, fn, samples, max_frames, mode, batch_size, accelerator, desc)
+    features = torch.from_numpy(np.stack(features)) if features else torch.zeros(0, 1 + model.config.n_global_layers,
+                                                                                    model.config.d_global)
+    return metas, features.float().view(len(metas), -1, model.config.d_global)
+
+
+def frame_features(model: AudioClassifier, samples: Iterable[Sample], max_frames: int | None, mode: str,
+                   batch_size: int, accelerator=None, desc: str | None = None) -> tuple[list[dict], list[torch.Tensor]]:
+    """(metas, per clip the probe layer's frame states (T, d_global) float16, its windows' frames joined)."""
+    join = lambda outputs, pieces: np.concatenate([o[: len(w)] for o, w in zip(outputs, pieces)])  # noqa: E731
+    metas, frames = encode_clips(model, model.frame_states, samples, max_frames, mode, batch_size, accelerator, desc,
+                                 reduce=join)
+    return metas, [torch.from_numpy(f).half() for f in frames]
 
 
 def candidate_layers(choice: str, n_layers: int) -> list[str]:
+    """best: the encoder's layers and their mean. Not layer 0: of a random-init encoder it is a random projection of
+    the code histogram, a bag of tokens, which would blur what a frozen random-init probe measures."""
     return ["mean", *(str(i) for i in range(1, n_layers + 1))] if choice == "best" else [choice]
 
 
-def train_head(model: AudioClassifier, x: torch.Tensor, y: torch.Tensor, valid_x: torch.Tensor,
+def probe_logits(model: AudioClassifier, clips: ClipSet, batch_size: int = 256) -> torch.Tensor:
+    device = next(model.head.parameters()).device
+    return torch.cat([model.head(model.pool(*clips.batch(idx, device)))
+                      for idx in torch.arange(len(clips)).split(batch_size)]) if len(clips) else \
+        torch.zeros(0, model.n_classes, device=device)
+
+
+def train_head(model: AudioClassifier, train: ClipSet, y: torch.Tensor, valid: ClipSet,
                valid_value: Callable[[torch.Tensor], tuple], epochs: int, batch_size: int, lr: float,
-               weight_decay: float, seed: int) -> tuple[dict, list[dict]]:
-    """Train model.head from fresh weights on cached clip embeddings x (N, D); keep the epoch whose valid logits
-    valid_value ranks highest. Returns (best {'value', 'epoch', 'state'}, history)."""
-    head = model.head
+               weight_decay: float, seed: int, desc: str | None = None) -> tuple[dict, list[dict]]:
+    """Train model.head (and the attention pool, if any) from fresh weights on cached clips; keep the epoch whose valid
+    logits valid_value ranks highest. Returns (best {'value', 'epoch', 'state'}, history)."""
+    head, pool, trained = model.head, model.attention_pool, probe_modules(model)
     torch.manual_seed(seed)
     for m in head.modules():
         if m is not head and hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    if pool is not None:
+        pool.reset_parameters()
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=weight_decay)
+    device = next(head.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch, best, history = math.ceil(len(x) / batch_size), None, []
+    steps_per_epoch, best, history = math.ceil(len(train) / batch_size), None, []
     total = epochs * steps_per_epoch
-    for epoch in range(1, epochs + 1):
-        head.train()
-        for i, idx in enumerate(torch.randperm(len(x), generator=generator).split(batch_size)):
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=desc is None, leave=False):
+        trained.train()
+        for i, idx in enumerate(torch.randperm(len(train), generator=generator).split(batch_size)):
             set_lr(optimizer, cosine_lr((epoch - 1) * steps_per_epoch + i, lr, max(1, total // 10), total, 0.0))
-            logits = head(x[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx].float()) if model.multi_label else \
-                F.cross_entropy(logits, y[idx], ignore_index=-100)
+            logits = head(model.pool(*train.batch(idx, device)))
+            targets = y[idx.to(y.device)]
+            loss = F.binary_cross_entropy_with_logits(logits, targets.float()) if model.multi_label else \
+                F.cross_entropy(logits, targets, ignore_index=-100)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        head.eval()
+        trained.eval()
         with torch.no_grad():
-            value = valid_value(head(valid_x))
+            value = valid_value(probe_logits(model, valid))
         history.append({"epoch": epoch, "train_loss": loss.item(), "valid_value": list(value)})
         if best is None or value > best["value"]:
-            best = {"value": value, "epoch": epoch, "state": {k: v.clone() for k, v in head.state_dict().items()}}
-    head.load_state_dict(best["state"])
+            best = {"value": value, "epoch": epoch, "state": {k: v.clone() for k, v in trained.state_dict().items()}}
+    trained.load_state_dict(best["state"])
     return best, history
+
+
+def probe_modules(model: AudioClassifier) -> nn.ModuleList:
+    """What a frozen probe trains: the head, and the attention pool if it has one."""
+    return nn.ModuleList(m for m in (model.head, model.attention_pool) if m is not None)
 
 
 def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], read_split: dict, keep: dict,
                  max_frames: int, eval_mode: str, layer_choice: str, epochs: int, batch_size: int, lr: float,
                  weight_decay: float, seed: int, eval_batch_size: int = 32, accelerator=None,
                  roles: tuple[str, ...] = ("train", "valid", "test")) -> dict:
-    """Encode every clip of train/valid/test once (all layers), train the head for each candidate layer, keep the
-    layer and epoch best on valid; sets model.probe_layer and the head. Returns {'layer', 'epoch', 'history',
+    """Encode every clip of train/valid/test, train the head (and the attention pool, if any) on each candidate layer,
+    keep the layer and epoch best on valid; sets model.probe_layer and the head. Returns {'layer', 'epoch', 'history',
     'valid_by_layer', 'valid', 'test'} (valid/test as `split_result`; test only when in `roles`)."""
     model.eval()
-    metas, features = {}, {}
-    for role in roles:
-        samples = split_samples(store, read_split[role], keep[role])
-        metas[role], features[role] = layer_features(model, samples, max_frames, eval_mode, eval_batch_size,
-                                                     accelerator, desc=f"features {role}")
-    device = next(model.head.parameters()).device
-    features = {k: v.to(device) for k, v in features.items()}
-    y = torch.from_numpy(task.encode(metas["train"], vocab)).to(device)
+    is_main = accelerator is None or accelerator.is_main_process
+    metas, encode = {}, dict(max_frames=max_frames, mode=eval_mode, batch_size=eval_batch_size, accelerator=accelerator)
+    samples = lambda role: split_samples(store, read_split[role], keep[role])  # noqa: E731
+    if model.attention_pool is None:  # one pass: every layer's mean-pooled embedding
+        pooled = {}
+        for role in roles:
+            metas[role], pooled[role] = layer_features(model, samples(role), desc=f"features {role}", **encode)
+
+        def inputs(layer: str) -> dict[str, ClipSet]:
+            return {role: ClipSet(list(select_layer(f, layer)[:, None])) for role, f in pooled.items()}
+    else:  # one pass per layer: its frame states
+        def inputs(layer: str) -> dict[str, ClipSet]:
+            model.probe_layer = layer
+            clips = {}
+            for role in roles:
+                metas[role], frames = frame_features(model, samples(role), desc=f"frames {role} (layer {layer})",
+                                                     **encode)
+                clips[role] = ClipSet(frames)
+            return clips
 
     def valid_value(logits: torch.Tensor) -> tuple[float, float]:
         r = split_result(model, task, metas["valid"], logits.float().cpu().numpy(), vocab)
         return tuple(-math.inf if math.isnan(v) else v for v in (r["metrics"][task.main_metric], -r["loss"]))
 
-    fits = {}
+    fits, kept = {}, None  # kept: the best layer so far and its inputs, for the final scores
     for layer in candidate_layers(layer_choice, model.config.n_global_layers):
-        x = {role: select_layer(f, layer) for role, f in features.items()}
-        fits[layer] = train_head(model, x["train"], y, x["valid"], valid_value, epochs, batch_size, lr,
-                                 weight_decay, seed)
-    layer = max(fits, key=lambda k: fits[k][0]["value"])
+        clips = inputs(layer)
+        y = torch.from_numpy(task.encode(metas["train"], vocab)).to(next(model.head.parameters()).device)
+        fits[layer] = train_head(model, clips["train"], y, clips["valid"], valid_value, epochs, batch_size, lr,
+                                 weight_decay, seed, desc=f"probe (layer {layer})" if is_main else None)
+        if kept is None or fits[layer][0]["value"] > fits[kept[0]][0]["value"]:
+            kept = layer, clips
+    layer, clips = kept
     best, history = fits[layer]
     model.probe_layer = layer
-    model.head.load_state_dict(best["state"])
+    probe_modules(model).load_state_dict(best["state"])
     with torch.no_grad():
-        results = {role: split_result(model, task, metas[role],
-                                      model.head(select_layer(features[role], layer)).float().cpu().numpy(), vocab)
+        results = {role: split_result(model, task, metas[role], probe_logits(model, clips[role]).float().cpu().numpy(),
+                                      vocab)
                    for role in roles if role != "train"}
     return {"layer": layer, "epoch": best["epoch"], "history": history, **results,
             "valid_by_layer": {k: fit[0]["value"][0] for k, fit in fits.items()}}
