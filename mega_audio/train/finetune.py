@@ -162,7 +162,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 "dataset": store.card.get("dataset"), "max_frames": max_frames, "eval_mode": cfg.eval_mode, "split": scheme,
                 "finetune": to_dict(cfg)}
     evaluate_on = lambda name: evaluate_split(  # noqa: E731
-        unwrapped, split_samples(store, read_split[name], keep[name]), task, vocab, pad_id, max_frames, cfg.eval_mode,
+        unwrapped, split_samples(store, read_split[name], keep[name]), task, vocab, max_frames, cfg.eval_mode,
         cfg.eval_batch_size, accelerator, desc=f"eval {name}")
 
     if cfg.freeze:

@@ -99,19 +99,28 @@ def clip_outputs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sampl
     bar.close()
 
 
-def evaluate_split(model: AudioClassifier, samples: Iterable[Sample], task: Task, vocab: list[str], pad_id: int,
-                   max_frames: int | None, mode: str, batch_size: int, accelerator=None, desc: str | None = None) -> dict:
-    """Metrics of one split; with several processes each takes every world_size-th clip and the results are gathered."""
+def encode_clips(model: AudioClassifier, fn: Callable, samples: Iterable[Sample], max_frames: int | None, mode: str,
+                 batch_size: int, accelerator=None, desc: str | None = None,
+                 reduce: Callable = mean_of_windows) -> tuple[list[dict], list[np.ndarray]]:
+    """(metas, `clip_outputs` of fn per clip) of every clip; with several processes each encodes every world_size-th
+    clip and all of them get the gathered result."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
-    logits_fn = lambda codes, mask: model(codes, mask)[0]  # noqa: E731
-    mine = list(clip_outputs(logits_fn, (s for i, s in enumerate(samples) if i % world == rank), pad_id, max_frames,
-                             mode, batch_size, device, desc if rank == 0 else None))
+    mine = list(clip_outputs(fn, (s for i, s in enumerate(samples) if i % world == rank), model.config.pad_id,
+                             max_frames, mode, batch_size, device, desc if rank == 0 else None, reduce))
     if world > 1:
         from accelerate.utils import gather_object
         mine = gather_object(mine)
-    logits = np.stack([out for _, out in mine]) if mine else np.zeros((0, len(vocab)), dtype=np.float32)  # (N, C)
-    return split_result(model, task, [meta for meta, _ in mine], logits, vocab)
+    return [m for m, _ in mine], [f for _, f in mine]
+
+
+def evaluate_split(model: AudioClassifier, samples: Iterable[Sample], task: Task, vocab: list[str],
+                   max_frames: int | None, mode: str, batch_size: int, accelerator=None, desc: str | None = None) -> dict:
+    """Metrics of one split (the clips shared out over processes, as `encode_clips` does)."""
+    logits_fn = lambda codes, mask: model(codes, mask)[0]  # noqa: E731
+    metas, logits = encode_clips(model, logits_fn, samples, max_frames, mode, batch_size, accelerator, desc)
+    logits = np.stack(logits) if logits else np.zeros((0, len(vocab)), dtype=np.float32)  # (N, C)
+    return split_result(model, task, metas, logits, vocab)
 
 
 def split_result(model: AudioClassifier, task: Task, metas: list[dict], logits: np.ndarray, vocab: list[str]) -> dict:
@@ -140,8 +149,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
         read, keep = None, random_split_filters(task, store, meta["labels"])["test"]
     else:
         read, keep = split or task.test, ClipFilter(task, frozenset(meta["labels"]))
-    result = evaluate_split(model, split_samples(store, read, keep), task, meta["labels"], model.config.pad_id,
-                            meta["max_frames"], eval_mode or meta["eval_mode"], batch_size, desc=f"eval {read or 'test'}")
+    result = evaluate_split(model, split_samples(store, read, keep), task, meta["labels"], meta["max_frames"],
+                            eval_mode or meta["eval_mode"], batch_size, desc=f"eval {read or 'test'}")
     return {"checkpoint": str(checkpoint), "data": str(data), "split": read or f"{RANDOM_SPLIT} test", "n": result["n"],
             "metrics": result["metrics"]}
 

@@ -24,11 +24,8 @@ from tqdm import tqdm
 from ..data.store import Sample
 from ..data.tasks import Task, split_samples
 from ..models.classifier import AudioClassifier, select_layer
-from .inference import clip_outputs, mean_of_windows, split_result
+from .inference import encode_clips, split_result
 from .loop import cosine_lr, set_lr
-
-PROBE_LAYERS = ("last", "mean", "best")  # or a layer number 0..n_global_layers (0: the patch embeddings)
-
 
 class ClipSet:
     """A probe head's cached inputs: per clip a (T, D) set of frame states (T = 1: a mean-pooled clip embedding)."""
@@ -45,21 +42,6 @@ class ClipSet:
         lengths = torch.tensor([len(c) for c in items])
         frames = pad_sequence(items, batch_first=True).float()
         return frames.to(device), (torch.arange(frames.shape[1])[None] < lengths[:, None]).to(device)
-
-
-def encode_clips(model: AudioClassifier, fn: Callable, samples: Iterable[Sample], max_frames: int | None, mode: str,
-                 batch_size: int, accelerator=None, desc: str | None = None,
-                 reduce: Callable = mean_of_windows) -> tuple[list[dict], list[np.ndarray]]:
-    """(metas, fn's output per clip) of every clip; with several processes each encodes every world_size-th clip and
-    all of them get the gathered result."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    mine = list(clip_outputs(fn, (s for i, s in enumerate(samples) if i % world == rank), model.config.pad_id,
-                             max_frames, mode, batch_size, device, desc if rank == 0 else None, reduce))
-    if world > 1:
-        from accelerate.utils import gather_object
-        mine = gather_object(mine)
-    return [m for m, _ in mine], [f for _, f in mine]
 
 
 def layer_features(model: AudioClassifier, samples: Iterable[Sample], max_frames: int | None, mode: str,
