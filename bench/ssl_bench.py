@@ -66,6 +66,7 @@ class Variant:
     kbps: float | None = None  # the stores' bitrate
     model: str | None = None
     steps: int | None = None  # pre-training steps (warm-up: a tenth of them)
+    features: str | None = None  # the pool's stored features (`tokenize --store-features`), e.g. for a mel loss
 
 
 DEFAULT_SEEDS = [0, 1, 2]
@@ -79,6 +80,8 @@ VARIANTS = {
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
     "contrastive": Variant(("--contrastive-weight", "1"), steps=ABLATION_STEPS),  # + halves of a clip must match
     "contrastive0.2": Variant(("--contrastive-weight", "0.2"), steps=ABLATION_STEPS),
+    # + predict the standardised log-mel of masked frames: a continuous target with the spectral detail 2 codes lose
+    "mel": Variant(("--mel-loss-weight", "1"), features="logmel"),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 
@@ -86,7 +89,7 @@ DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --st
 def recipe_of(args, name: str) -> Variant:
     """A variant with every field filled in (the default variant: no flags, --bitrate, --model, --steps)."""
     v = VARIANTS.get(name, Variant())
-    return Variant(v.flags, v.kbps or args.bitrate, v.model or args.model, v.steps or args.steps)
+    return Variant(v.flags, v.kbps or args.bitrate, v.model or args.model, v.steps or args.steps, v.features)
 
 
 def run_flags(recipe: str, seeds: list[int]) -> list[str]:
@@ -119,17 +122,18 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mega_audio.cli", *args]
 
 
-def store_path(args, name: str, kbps: float) -> Path:
-    return args.work / "stores" / f"{name}-{kbps:g}"
+def store_path(args, name: str, kbps: float, features: str | None = None) -> Path:
+    return args.work / "stores" / f"{name}-{features + '-' if features else ''}{kbps:g}"
 
 
-def tokenize(args, name: str, dataset: str, kbps: float) -> Path:
-    store = store_path(args, name, kbps)
+def tokenize(args, name: str, dataset: str, kbps: float, features: str | None = None) -> Path:
+    store = store_path(args, name, kbps, features)
     card = store / "dataset.json"
     if not (card.exists() and json.loads(card.read_text()).get("complete")):
         run(cli("tokenize", "--dataset", dataset, "--data-root", str(args.data_root / name), "--out", str(store),
-                "--codec", "bestrq", "--bitrate", f"{kbps:g}", "--num-workers", "1"),
-            args.work / "logs" / f"tokenize-{name}-{kbps:g}.log", os.cpu_count() or 2)
+                "--codec", "bestrq", "--bitrate", f"{kbps:g}", "--num-workers", "1",
+                *(["--store-features", features] if features else [])),
+            args.work / "logs" / f"tokenize-{store.name}.log", os.cpu_count() or 2)
     return store
 
 
@@ -137,7 +141,7 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r = recipe_of(args, variant)
     out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
     if not (out / "model" / "model.safetensors").exists():
-        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps)),
+        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
              "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags],
@@ -315,8 +319,11 @@ def main() -> None:
     start = time.time()
     for t in args.tasks:
         tokenize(args, TASKS[t][0], TASKS[t][1], recipe.kbps)
-    bitrates = {recipe_of(args, v).kbps for v in args.variants} if args.ablate else {recipe.kbps}
+    recipes = [recipe_of(args, v) for v in args.variants] if args.ablate else [recipe]
+    bitrates = {r.kbps for r in recipes}
     pools = [tokenize(args, "pool", "folder", kbps) for kbps in sorted(bitrates | {args.bitrate})]
+    for features, kbps in {(r.features, r.kbps) for r in recipes if r.features}:
+        tokenize(args, "pool", "folder", kbps, features)  # the same codes plus the features a variant's loss needs
     if args.ablate:
         for kbps in bitrates:
             tokenize(args, "nsynth", "nsynth", kbps)
