@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --st
 def recipe_of(args, name: str) -> Variant:
     """A variant with every field filled in (the default variant: no flags, --bitrate, --model, --steps)."""
     v = VARIANTS.get(name, Variant())
-    return Variant(v.flags, v.kbps or args.bitrate, v.model or args.model, v.steps or args.steps, v.features)
+    return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
 def run_flags(recipe: str, seeds: list[int]) -> list[str]:
