@@ -51,8 +51,10 @@ ARM_NAMES = {"bag_of_tokens": "bag-of-tokens logistic regression (no model)",
              "finetuned_lpft": "fine-tuned from the pre-trained encoder, LP-FT (head fitted on frozen features first)"}
 PRETRAINED_ARMS = ("frozen_pretrained", "finetuned", "finetuned_lpft")  # the arms that start from the pre-trained model
 ABLATION_ARMS = ("frozen_random", "frozen_pretrained", "scratch", "finetuned")
-# run directory of an arm (format with the recipe variant); the random-init arms do not depend on the recipe
-TAGS = {"frozen_random": "fz-random", "scratch": "ft-scratch", "frozen_pretrained": "fz-{v}", "finetuned": "ft-{v}",
+# run directory of an arm (format with the recipe variant); the random-init arms do not depend on the recipe. The
+# frozen probes' "fzs" names their pooling (stats, the default since it replaced the mean, whose runs were "fz"), so
+# that no cached run of the old probe is read as one of the new.
+TAGS = {"frozen_random": "fzs-random", "scratch": "ft-scratch", "frozen_pretrained": "fzs-{v}", "finetuned": "ft-{v}",
         "finetuned_lpft": "lpft-{v}"}
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
 

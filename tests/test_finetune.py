@@ -211,11 +211,12 @@ def test_freeze_trains_only_a_512_wide_probe_and_leaves_encoder_weights_untouche
         finetune(config(small_store, out, scratch=False, init=str(ckpt), freeze=True, lr=lr, max_steps=3))
         assert_same_weights(encoder_weights(out), encoder_weights(ckpt))
         heads[lr] = load_weights(out, "head.")
-    assert heads[0.0]["head.1.weight"].shape == (512, model_config("tiny", 2, 1024).d_global)  # after the standardising norm
+    # after the standardising norm; the default statistics pooling hands it each feature's mean and std
+    assert heads[0.0]["head.1.weight"].shape == (512, 2 * model_config("tiny", 2, 1024).d_global)
     assert not torch.equal(heads[0.0]["head.1.weight"], heads[1e-2]["head.1.weight"])  # the probe did train
 
 
-@pytest.mark.parametrize("pool, hidden", [("mean", 512), ("attention", 0)])  # 0: a linear head
+@pytest.mark.parametrize("pool, hidden", [("mean", 512), ("stats", 512), ("attention", 0)])  # 0: a linear head
 def test_frozen_probe_picks_a_layer_on_valid_and_its_checkpoint_scores_the_same_as_the_cached_features(
         small_store, tmp_path, pool, hidden):
     ckpt = pretrained(tmp_path / "pre", small_store, 0)

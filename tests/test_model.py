@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mega_audio.models.classifier import AudioClassifier
+from mega_audio.models.classifier import AudioClassifier, layer_index
 from mega_audio.models.config import PRESETS, ModelConfig, model_config
 from mega_audio.models.flat import FlatTransformer
 from mega_audio.models.layers import LevelHeads, Rotary, SelfAttention, SummaryMixing, apply_rotary
@@ -97,6 +97,23 @@ def test_classifier_embedding_ignores_padded_frames(block, mixer):
     padded, padding_mask = _pad_with_garbage(clip, extra=5)
     with torch.no_grad():
         torch.testing.assert_close(classifier.embed(padded, padding_mask), classifier.embed(clip), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layer", ["0", "1", "mean", "last"])
+def test_stats_pool_is_the_frames_mean_and_std_ignores_padded_ones_and_matches_the_probe_cache(layer):
+    classifier = AudioClassifier(tiny(), n_classes=3, hidden=0, probe_layer=layer, probe_pool="stats").eval()
+    clip = random_codes(2, 6, 4)
+    padded, padding_mask = _pad_with_garbage(clip, extra=5)
+    with torch.no_grad():
+        states = classifier.frame_states(clip)
+        embedding = classifier.embed(clip)
+        torch.testing.assert_close(embedding, torch.cat([states.mean(1), states.std(1, correction=0)], -1),
+                                   atol=1e-3, rtol=0)
+        torch.testing.assert_close(classifier.embed(padded, padding_mask), embedding, atol=1e-5, rtol=0)
+        # the frozen probe trains on every layer's cached embedding: each must be what the saved model computes
+        cached = classifier.layer_embeddings(padded, padding_mask)[:, layer_index(layer, tiny().n_global_layers)]
+    torch.testing.assert_close(cached, embedding, atol=1e-5, rtol=0)
+    assert classifier.head(embedding).shape == (2, 3)
 
 
 @pytest.mark.parametrize("layer", ["0", "1", "mean", "last"])
@@ -450,7 +467,8 @@ def test_classifier_from_pretraining_checkpoint_needs_n_classes(tmp_path):
         AudioClassifier.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("multi_label, hidden, pool", [(False, None, "mean"), (True, 512, "mean"), (False, 0, "attention")])
+@pytest.mark.parametrize("multi_label, hidden, pool",
+                         [(False, None, "mean"), (True, 512, "stats"), (False, 0, "attention")])
 def test_saved_models_reload_to_identical_outputs(tmp_path, multi_label, hidden, pool):
     codes = random_codes(2, 5, 4)
     models = [

@@ -3,7 +3,9 @@
 A frozen probe may read any layer of the encoder (`probe_layer`): self-supervised features are often best in the
 middle of the stack, not at its end. It may also pool a clip's frames with learned attention instead of the mean
 (`probe_pool`), as the attentive probes of V-JEPA and AIM do: masked-modelling features keep what they know in
-individual frames, and a mean over a 4 s note gives its few attack frames a weight of a few percent."""
+individual frames, and a mean over a 4 s note gives its few attack frames a weight of a few percent. Statistics
+pooling (the frames' mean and standard deviation side by side, as x-vectors pool) is the cheap middle: it keeps how
+much each feature moves over the clip (a note's attack and decay), which a mean averages away, at the mean's cost."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .layers import init_weights, masked_mean
 from .mega import GlobalEncoder, MegaAudioFormer
 
 
-PROBE_POOLS = ("mean", "attention")
+PROBE_POOLS = ("stats", "mean", "attention")
 
 
 class AttentionPool(nn.Module):
@@ -61,21 +63,23 @@ class AudioClassifier(Pretrained, nn.Module):
         self.probe_pool = probe_pool
         self.global_encoder = GlobalEncoder(config)
         self.attention_pool = AttentionPool(config.d_global) if probe_pool == "attention" else None
+        width = self.pooled_width = 2 * config.d_global if probe_pool == "stats" else config.d_global
         if hidden is not None:  # the frozen probe. Frozen features share a large common offset and every layer has
             # its own scale: standardising each feature with the training set's statistics (a BatchNorm without affine
             # parameters, cumulative averages) is what lets a small head learn from them quickly.
-            standardise = nn.BatchNorm1d(config.d_global, affine=False, momentum=None)
-            self.head = nn.Sequential(standardise, nn.Dropout(head_dropout), nn.Linear(config.d_global, n_classes)) \
+            standardise = nn.BatchNorm1d(width, affine=False, momentum=None)
+            self.head = nn.Sequential(standardise, nn.Dropout(head_dropout), nn.Linear(width, n_classes)) \
                 if hidden == 0 else \
-                nn.Sequential(standardise, nn.Linear(config.d_global, hidden), nn.GELU(), nn.Dropout(head_dropout),
+                nn.Sequential(standardise, nn.Linear(width, hidden), nn.GELU(), nn.Dropout(head_dropout),
                               nn.Linear(hidden, n_classes))
         else:
-            self.head = nn.Linear(config.d_global, n_classes)
+            self.head = nn.Linear(width, n_classes)
         init_weights(self.global_encoder, config.n_global_layers)
         init_weights(self.head, 1)
 
     def embed(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """codes: (B, T, n_q) -> clip embeddings (B, d_global), the probe layer's frame states pooled."""
+        """codes: (B, T, n_q) -> clip embeddings (B, d_global; 2 * d_global pooled by stats), the probe layer's frame
+        states pooled."""
         return self.pool(self.frame_states(codes, padding_mask), padding_mask)
 
     def frame_states(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,16 +87,24 @@ class AudioClassifier(Pretrained, nn.Module):
         with 0 the patch embeddings, or the mean of layers 1..n_global_layers)."""
         if self.probe_layer == "last":
             return self.global_encoder(codes, padding_mask)
-        return select_layer(torch.stack(self.global_encoder.layer_states(codes, padding_mask), dim=1), self.probe_layer)
+        return self.candidate_states(codes, padding_mask)[layer_index(self.probe_layer, self.config.n_global_layers)]
+
+    def candidate_states(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Frame states [(B, T, d_global)] of every layer a probe may read, in `layer_index` order: layers 0..depth
+        (0: the patch embeddings), then the mean of layers 1..depth."""
+        states = self.global_encoder.layer_states(codes, padding_mask)
+        return [*states, torch.stack(states[1:]).mean(dim=0)]
 
     def pool(self, states: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) frame states, (B, T) valid -> (B, D) clip embeddings."""
-        return self.attention_pool(states, valid) if self.attention_pool is not None else masked_mean(states, valid)
+        """(B, T, D) frame states, (B, T) valid -> (B, D) clip embeddings ((B, 2D) pooled by stats)."""
+        if self.attention_pool is not None:
+            return self.attention_pool(states, valid)
+        return masked_mean_std(states, valid) if self.probe_pool == "stats" else masked_mean(states, valid)
 
     def layer_embeddings(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """codes: (B, T, n_q) -> every layer's mean-pooled clip embedding (B, 1 + n_global_layers, d_global)."""
-        states = self.global_encoder.layer_states(codes, padding_mask)
-        return torch.stack([masked_mean(s, padding_mask) for s in states], dim=1)
+        """codes: (B, T, n_q) -> the pooled clip embedding of every `candidate_states` layer (B, 2 + depth, width), each
+        what `embed` gives with that probe layer (not an attention pool's: it learns from the frames)."""
+        return torch.stack([self.pool(s, padding_mask) for s in self.candidate_states(codes, padding_mask)], dim=1)
 
     def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         """labels: (B,) class ids, or (B, n_classes) 0/1 targets when multi_label -> (logits (B, n_classes), loss or None)."""
@@ -149,8 +161,13 @@ def check_probe_layer(layer: str, depth: int) -> str:
     raise ValueError(f"probe layer {layer!r}: use last, mean, or a layer number from 0 (the patch embeddings) to {depth}")
 
 
-def select_layer(layers: torch.Tensor, layer: str) -> torch.Tensor:
-    """layers: (B, 1 + depth, ...) per-layer states, layer 0 the patch embeddings -> (B, ...) of the probe layer."""
-    if layer == "mean":
-        return layers[:, 1:].mean(dim=1)
-    return layers[:, -1] if layer == "last" else layers[:, int(layer)]
+def layer_index(layer: str, depth: int) -> int:
+    """Where a probe layer sits among `AudioClassifier.candidate_states`: layers 0..depth, then their mean."""
+    return {"last": depth, "mean": depth + 1}[layer] if layer in ("last", "mean") else int(layer)
+
+
+def masked_mean_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) over valid (B, T) positions -> (B, 2D): the mean and the standard deviation of every feature."""
+    mean = masked_mean(x, valid)
+    variance = masked_mean((x - mean[:, None]) ** 2, valid)
+    return torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1)

@@ -47,8 +47,9 @@ class FinetuneConfig:
                                  min=0, below=1)
     probe_layer: str = option("best", "frozen probe: the encoder layer it reads: best (the one best on valid), last, "
                                       "mean (of all layers) or a layer number (0: the patch embeddings)")
-    probe_pool: str = option("mean", "frozen probe: how a clip's frames become one vector: mean, or attention (learned "
-                                     "queries weigh the frames, as in the attentive probes of V-JEPA and AIM)",
+    probe_pool: str = option("stats", "frozen probe: how a clip's frames become one vector: stats (every feature's "
+                                      "mean and standard deviation over the frames), mean, or attention (learned "
+                                      "queries weigh the frames, as in the attentive probes of V-JEPA and AIM)",
                              choices=list(PROBE_POOLS))
     lp_epochs: int = option(0, "LP-FT: before fine-tuning, fit the linear head for this many epochs on the frozen "
                                "encoder's cached features, so a random head does not distort pre-trained features",

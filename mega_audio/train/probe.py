@@ -1,11 +1,11 @@
 """Frozen probes (`mega-audio finetune --freeze`): the encoder runs once per clip, the head trains on cached features.
 
 A frozen encoder gives a clip the same features in every epoch, so running it again at each step (as fine-tuning
-must) only burns compute: caching makes a probe cost one pass over the data. A mean-pooling probe caches every
-layer's pooled clip embedding in that one pass, which makes `--probe-layer best` (the layer that scores best on
+must) only burns compute: caching makes a probe cost one pass over the data. A mean- or stats-pooling probe caches
+every layer's pooled clip embedding in that one pass, which makes `--probe-layer best` (the layer that scores best on
 valid) nearly free. An attention-pooling probe (`--probe-pool attention`) learns how to pool, so it caches the frame
 states themselves, one layer at a time (one pass per candidate layer, and the memory of one layer's frames). Clips
-longer than the window are read as consecutive windows (`--eval-mode chunks`), at training time too: their mean
+longer than the window are read as consecutive windows (`--eval-mode chunks`), at training time too: their pooled
 embeddings are averaged, their frames are joined.
 """
 
@@ -23,35 +23,38 @@ from tqdm import tqdm
 
 from ..data.store import Sample
 from ..data.tasks import Task, split_samples
-from ..models.classifier import AudioClassifier, select_layer
+from ..models.classifier import AudioClassifier, layer_index
 from .inference import encode_clips, split_result
 from .loop import cosine_lr, set_lr
 
 class ClipSet:
-    """A probe head's cached inputs: per clip a (T, D) set of frame states (T = 1: a mean-pooled clip embedding)."""
+    """A probe head's cached inputs: per clip its pooled embedding (width,), or for an attention pool, which learns
+    from the frames, its (T, D) frame states."""
 
-    def __init__(self, clips: list[torch.Tensor]):
-        self.clips = clips
+    def __init__(self, clips: list[torch.Tensor], pooled: bool):
+        self.clips, self.pooled = clips, pooled
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def batch(self, idx: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> frames (B, T, D) float32 right-padded, valid (B, T)."""
+    def head_inputs(self, model: AudioClassifier, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """-> (B, width) what the head reads: the cached embeddings, or the attention pool of the cached frames."""
         items = [self.clips[i] for i in idx.tolist()]
+        if self.pooled:
+            return torch.stack(items).float().to(device)
         lengths = torch.tensor([len(c) for c in items])
         frames = pad_sequence(items, batch_first=True).float()
-        return frames.to(device), (torch.arange(frames.shape[1])[None] < lengths[:, None]).to(device)
+        return model.pool(frames.to(device), (torch.arange(frames.shape[1])[None] < lengths[:, None]).to(device))
 
 
 def layer_features(model: AudioClassifier, samples: Iterable[Sample], max_frames: int | None, mode: str,
                    batch_size: int, accelerator=None, desc: str | None = None) -> tuple[list[dict], torch.Tensor]:
-    """(metas, mean-pooled features (N, 1 + n_layers, d_global)) of every clip, layer 0 the patch embeddings."""
-    fn = lambda codes, mask: model.layer_embeddings(codes, mask).flatten(1)  # noqa: E731  (B, (1 + n_layers) * D)
+    """(metas, pooled features (N, 2 + n_layers, width)) of every clip, per `layer_index` (layers 0..n, their mean)."""
+    fn = lambda codes, mask: model.layer_embeddings(codes, mask).flatten(1)  # noqa: E731  (B, (2 + n_layers) * width)
     metas, features = encode_clips(model, fn, samples, max_frames, mode, batch_size, accelerator, desc)
-    features = torch.from_numpy(np.stack(features)) if features else torch.zeros(0, 1 + model.config.n_global_layers,
-                                                                                    model.config.d_global)
-    return metas, features.float().view(len(metas), -1, model.config.d_global)
+    shape = (2 + model.config.n_global_layers, model.pooled_width)
+    features = torch.from_numpy(np.stack(features)) if features else torch.zeros(0, *shape)
+    return metas, features.float().view(len(metas), *shape)
 
 
 def frame_features(model: AudioClassifier, samples: Iterable[Sample], max_frames: int | None, mode: str,
@@ -71,7 +74,7 @@ def candidate_layers(choice: str, n_layers: int) -> list[str]:
 
 def probe_logits(model: AudioClassifier, clips: ClipSet, batch_size: int = 256) -> torch.Tensor:
     device = next(model.head.parameters()).device
-    return torch.cat([model.head(model.pool(*clips.batch(idx, device)))
+    return torch.cat([model.head(clips.head_inputs(model, idx, device))
                       for idx in torch.arange(len(clips)).split(batch_size)]) if len(clips) else \
         torch.zeros(0, model.n_classes, device=device)
 
@@ -97,7 +100,7 @@ def train_head(model: AudioClassifier, train: ClipSet, y: torch.Tensor, valid: C
         trained.train()
         for i, idx in enumerate(torch.randperm(len(train), generator=generator).split(batch_size)):
             set_lr(optimizer, cosine_lr((epoch - 1) * steps_per_epoch + i, lr, max(1, total // 10), total, 0.0))
-            logits = head(model.pool(*train.batch(idx, device)))
+            logits = head(train.head_inputs(model, idx, device))
             targets = y[idx.to(y.device)]
             loss = F.binary_cross_entropy_with_logits(logits, targets.float()) if model.multi_label else \
                 F.cross_entropy(logits, targets, ignore_index=-100)
@@ -136,7 +139,8 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
             metas[role], pooled[role] = layer_features(model, samples(role), desc=f"features {role}", **encode)
 
         def inputs(layer: str) -> dict[str, ClipSet]:
-            return {role: ClipSet(list(select_layer(f, layer)[:, None])) for role, f in pooled.items()}
+            i = layer_index(layer, model.config.n_global_layers)
+            return {role: ClipSet(list(f[:, i]), pooled=True) for role, f in pooled.items()}
     else:  # one pass per layer: its frame states
         def inputs(layer: str) -> dict[str, ClipSet]:
             model.probe_layer = layer
@@ -144,7 +148,7 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
             for role in roles:
                 metas[role], frames = frame_features(model, samples(role), desc=f"frames {role} (layer {layer})",
                                                      **encode)
-                clips[role] = ClipSet(frames)
+                clips[role] = ClipSet(frames, pooled=False)
             return clips
 
     def valid_value(logits: torch.Tensor) -> tuple[float, float]:
