@@ -49,7 +49,8 @@ class AttentionPool(nn.Module):
 
 
 class AudioClassifier(Pretrained, nn.Module):
-    """Global encoder + mean (or attention pool) over valid frames + a linear head (or a small MLP for frozen probes)."""
+    """Global encoder + mean over valid frames + a linear head (fine-tuning); frozen probes may pool by stats or attention
+    and may put a small MLP on top."""
 
     model_type = "audio_classifier"
 

@@ -133,7 +133,7 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
     is_main = accelerator is None or accelerator.is_main_process
     metas, encode = {}, dict(max_frames=max_frames, mode=eval_mode, batch_size=eval_batch_size, accelerator=accelerator)
     samples = lambda role: split_samples(store, read_split[role], keep[role])  # noqa: E731
-    if model.attention_pool is None:  # one pass: every layer's mean-pooled embedding
+    if model.attention_pool is None:  # one pass: every layer's pooled embedding (mean, or mean and std)
         pooled = {}
         for role in roles:
             metas[role], pooled[role] = layer_features(model, samples(role), desc=f"features {role}", **encode)
