@@ -18,7 +18,7 @@ from einops import rearrange
 
 from .checkpoint import Pretrained, check_model_type, load_weights, local_checkpoint, read_checkpoint_config
 from .config import ModelConfig
-from .layers import init_weights, masked_mean
+from .layers import init_weights, masked_mean, masked_mean_std
 from .mega import GlobalEncoder, MegaAudioFormer
 
 
@@ -165,10 +165,3 @@ def check_probe_layer(layer: str, depth: int) -> str:
 def layer_index(layer: str, depth: int) -> int:
     """Where a probe layer sits among `AudioClassifier.candidate_states`: layers 0..depth, then their mean."""
     return {"last": depth, "mean": depth + 1}[layer] if layer in ("last", "mean") else int(layer)
-
-
-def masked_mean_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """(B, T, D) over valid (B, T) positions -> (B, 2D): the mean and the standard deviation of every feature."""
-    mean = masked_mean(x, valid)
-    variance = masked_mean((x - mean[:, None]) ** 2, valid)
-    return torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1)

@@ -48,6 +48,13 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def masked_mean_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, D) over valid (B, L) positions -> (B, 2D): the mean and the standard deviation of every feature."""
+    mean = masked_mean(x, valid)
+    variance = masked_mean((x - mean[:, None]) ** 2, valid)
+    return torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1)
+
+
 class SelfAttention(nn.Module):
     """Bidirectional multi-head attention; padded keys are hidden from every query."""
 

@@ -31,8 +31,8 @@ class ClipSet:
     """A probe head's cached inputs: per clip its pooled embedding (width,), or for an attention pool, which learns
     from the frames, its (T, D) frame states."""
 
-    def __init__(self, clips: list[torch.Tensor], pooled: bool):
-        self.clips, self.pooled = clips, pooled
+    def __init__(self, clips: list[torch.Tensor]):
+        self.clips = clips
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -40,7 +40,7 @@ class ClipSet:
     def head_inputs(self, model: AudioClassifier, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor:
         """-> (B, width) what the head reads: the cached embeddings, or the attention pool of the cached frames."""
         items = [self.clips[i] for i in idx.tolist()]
-        if self.pooled:
+        if model.attention_pool is None:  # the cache holds pooled embeddings
             return torch.stack(items).float().to(device)
         lengths = torch.tensor([len(c) for c in items])
         frames = pad_sequence(items, batch_first=True).float()
@@ -140,7 +140,7 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
 
         def inputs(layer: str) -> dict[str, ClipSet]:
             i = layer_index(layer, model.config.n_global_layers)
-            return {role: ClipSet(list(f[:, i]), pooled=True) for role, f in pooled.items()}
+            return {role: ClipSet(list(f[:, i])) for role, f in pooled.items()}
     else:  # one pass per layer: its frame states
         def inputs(layer: str) -> dict[str, ClipSet]:
             model.probe_layer = layer
@@ -148,7 +148,7 @@ def frozen_probe(model: AudioClassifier, store, task: Task, vocab: list[str], re
             for role in roles:
                 metas[role], frames = frame_features(model, samples(role), desc=f"frames {role} (layer {layer})",
                                                      **encode)
-                clips[role] = ClipSet(frames, pooled=False)
+                clips[role] = ClipSet(frames)
             return clips
 
     def valid_value(logits: torch.Tensor) -> tuple[float, float]:
