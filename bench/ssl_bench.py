@@ -84,6 +84,8 @@ VARIANTS = {
     "contrastive0.2": Variant(("--contrastive-weight", "0.2"), steps=ABLATION_STEPS),
     # + predict the standardised log-mel of masked frames: a continuous target with the spectral detail 2 codes lose
     "mel": Variant(("--mel-loss-weight", "1"), features="logmel"),
+    # every clip re-tokenized under a random EQ each time it is read (from the pool's stored log-mels): many renderings
+    "colour": Variant(("--colour-db", "6"), features="logmel"),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 

@@ -80,7 +80,27 @@ class BestRQCodec(Codec):
         n_frames = self.n_frames(len(wave))
         if n_frames == 0:
             return np.zeros((0, self.n_q), np.int16)
-        feats = self.log_mel(wave, n_frames) - self.pink_log_mel  # (T, n_mels)
+        return self.quantize(self.log_mel(wave, n_frames))
+
+    @classmethod
+    def from_card(cls, card: dict, device: str = "cpu") -> "BestRQCodec":
+        """The quantizer a store card (`dataset.json`'s codec entry) describes; refuses a card this version of the
+        recipe would not reproduce (its fingerprint differs)."""
+        options = {k: card[k] for k in ("seed", "n_mels", "n_fft", "stack", "codebook_dim") if k in card}
+        codec = cls(card["bandwidth"], device=device, codebook_size=card.get("codebook_size", CODEBOOK_SIZE),
+                    normalize=card.get("normalize", "clip"), **options)
+        if codec.fingerprint != card["fingerprint"]:
+            raise ValueError(f"the store's bestrq codec (fingerprint {card['fingerprint'][:12]}, version "
+                             f"{card.get('version')}) is not this version's ({codec.fingerprint[:12]}, version "
+                             f"{cls.VERSION}): its codes cannot be re-made here")
+        return codec
+
+    @torch.inference_mode()
+    def quantize(self, log_mel: torch.Tensor) -> np.ndarray:
+        """(T, n_mels) natural-log mel power (LogMel's frames, what `tokenize --store-features logmel` stores)
+        -> codes (T, n_q) int16."""
+        feats = log_mel.to(self.device) - self.pink_log_mel
+        n_frames = len(feats)
         over = None if self.normalize == "clip" else 0  # one mean / std for the clip, or one per mel bin
         mean, std = feats.mean(dim=over, keepdim=True), feats.std(dim=over, unbiased=False, keepdim=True)
         feats = (feats - mean) / (std + 1e-5)  # loudness-invariant

@@ -36,3 +36,22 @@ class LogMel:
             spec = torch.stft(segment, self.n_fft, HOP, window=self.window, center=False, return_complex=True)
             out.append(torch.log(spec.abs().square().T @ self.filters + 1e-6))  # (n, n_mels)
         return torch.cat(out)
+
+
+def random_colouring(n_mels: int, db: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random gain over the mel bins, in natural-log power: a tilt of up to +-db from the lowest to the
+    highest bin plus three bumps of N(0, db) dB, 3-15 bins wide. What a random EQ, microphone or renderer does to a
+    sound's spectral envelope, at mel resolution."""
+    bins = np.arange(n_mels)
+    gain_db = rng.uniform(-db, db) * (2 * bins / (n_mels - 1) - 1)
+    for _ in range(3):
+        centre, width = rng.uniform(0, n_mels), rng.uniform(3, 15)
+        gain_db = gain_db + rng.normal(0, db) * np.exp(-0.5 * ((bins - centre) / width) ** 2)
+    return gain_db * (np.log(10) / 10)  # dB of power -> natural log
+
+
+def colour(log_mel: torch.Tensor, gain: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Filter log-mel frames (T, n_mels) by exp(gain) per bin. The power is scaled, not the log: LogMel's 1e-6 floor
+    (digital silence) stays the floor, as it would under a real filter."""
+    gain = torch.as_tensor(gain, dtype=log_mel.dtype, device=log_mel.device)
+    return torch.log((log_mel.exp() - 1e-6).clamp(min=0) * gain.exp() + 1e-6)

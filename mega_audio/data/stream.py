@@ -4,7 +4,7 @@ filter, + weighted mixing of several stores: `--data new:0.8 old:0.2`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import count, islice
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from .store import Sample, ShardInfo, TokenStore, read_shard
 from .tasks import ClipFilter, Task
 
 Batch = dict[str, Any]  # codes (B, T, n_q), padding_mask (B, T) bool (True = valid), ids, labels [, features]
+Augment = Callable[[np.ndarray, dict, np.random.Generator], np.ndarray]  # (clip codes, meta, rng) -> new clip codes
 CROPS = ("random", "start", "center")
 MIX_STREAM = 0x6D6978  # tags the seed of the per-batch store choices apart from the crop seeds
 
@@ -52,16 +53,20 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: str = "random",
-            rng: np.random.Generator | None = None, codes_dtype: torch.dtype = torch.long) -> Batch:
+            rng: np.random.Generator | None = None, codes_dtype: torch.dtype = torch.long,
+            augment: Augment | None = None) -> Batch:
     """Crop every clip to at most max_frames (a window chosen by `crop`), right-pad with pad_id, mark valid frames.
     When every clip carries log-mel features (a store tokenized with --store-features logmel), the batch gets
-    `features` (B, T, n_mels) float16, cropped to the same window and zero-padded.
+    `features` (B, T, n_mels) float16, cropped to the same window and zero-padded. `augment` replaces each whole
+    clip's codes first (pre-training's --colour-db), drawing from the same rng as the crops.
 
     codes_dtype=torch.int16 moves a quarter of the bytes (the model casts to long on its device)."""
     if crop not in CROPS:
         raise ValueError(f"crop={crop!r}: use one of {CROPS}")
-    if crop == "random" and rng is None:
+    if (crop == "random" or augment) and rng is None:
         rng = np.random.default_rng()
+    if augment is not None:
+        samples = [(augment(clip, meta, rng), meta) for clip, meta in samples]
     lengths = [len(c) if max_frames is None else min(len(c), max_frames) for c, _ in samples]
     n_q = samples[0][0].shape[1]
     codes_t = _empty((len(samples), max(lengths), n_q), codes_dtype)
@@ -131,11 +136,13 @@ class TokenStream(IterableDataset):
     def __init__(self, stores: list[TokenStore], split: str, batch_size: int, max_frames: int | None, pad_id: int,
                  seed: int = 0, shuffle: bool = True, loop: bool = True, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 1000, crop: str | None = None, start_batch: int = 0,
-                 codes_dtype: torch.dtype = torch.long, weights: list[float] | None = None):
+                 codes_dtype: torch.dtype = torch.long, weights: list[float] | None = None,
+                 augment: Augment | None = None):
         super().__init__()
         self.stores, self.split, self.batch_size, self.max_frames, self.pad_id = stores, split, batch_size, max_frames, pad_id
         self.seed, self.shuffle, self.loop, self.rank, self.world_size = seed, shuffle, loop, rank, world_size
         self.buffer_size, self.start_batch, self.codes_dtype = shuffle_buffer, start_batch, codes_dtype
+        self.augment = augment
         self.crop = crop or ("random" if shuffle else "start")
         self.shards: list[ShardInfo] = [shard for store in stores for shard in store.shards(split)]
         if loop and not self.shards:
@@ -230,7 +237,7 @@ class TokenStream(IterableDataset):
             chunks = chunked(self.slot_samples(slot, n_slots, skip_batches * self.batch_size), self.batch_size)
         for index, chunk in enumerate(chunks, start=skip_batches):
             rng = np.random.default_rng([self.seed, slot, index])
-            yield collate(chunk, self.max_frames, self.pad_id, self.crop, rng, self.codes_dtype)
+            yield collate(chunk, self.max_frames, self.pad_id, self.crop, rng, self.codes_dtype, self.augment)
 
 
 class TaskStream(TokenStream):

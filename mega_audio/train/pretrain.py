@@ -1,6 +1,6 @@
 """Masked-token pre-training with Accelerate: streamed token batches, AdamW + cosine, atomic checkpoints, exact resume.
 
-`train/pretrain.py` and `mega-audio pretrain` both run `run(PretrainConfig)`. Under 400 lines: the config's
+`train/pretrain.py` and `mega-audio pretrain` both run `run(PretrainConfig)`: the config's
 flags and one loop that stays visible top to bottom (checkpoint files are `resume.py`, shared steps `loop.py`)."""
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..codecs.bestrq import BestRQCodec
+from ..codecs.logmel import colour, random_colouring
 from ..config import option, to_dict
 from ..data.store import TokenStore, check_same_codec
-from ..data.stream import TokenStream, make_loader, parse_store_weights
+from ..data.stream import Augment, TokenStream, make_loader, parse_store_weights
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_BLOCKS, GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
@@ -80,6 +84,10 @@ class PretrainConfig:
                                             "clips whose pooled global states must pick each other out of the batch "
                                             "(clip-level features for probes; see README: 'Does pre-training help?')",
                                        min=0)
+    colour_db: float = option(0.0, "re-tokenize every clip under a random spectral colouring of about this many dB "
+                                   "(a tilt and three bumps over the mel bins) each time it is read, from its stored "
+                                   "log-mels: every sound is seen through many EQs (bestrq stores tokenized with "
+                                   "--store-features logmel; see README: 'Does pre-training help?')", min=0)
     seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
     num_workers: int = option(2, "DataLoader workers per process", min=0)
     shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer", min=1)
@@ -160,6 +168,31 @@ def mel_bins(cfg: PretrainConfig, stores: list[TokenStore]) -> int:
     if len(bins) > 1:
         raise ValueError(f"the --data stores hold log-mel features of different sizes {sorted(bins)}: use one size")
     return bins.pop()
+
+
+def recolour(codec: BestRQCodec, db: float, codes: np.ndarray, meta: dict, rng: np.random.Generator) -> np.ndarray:
+    """--colour-db: a clip's codes re-made from its stored log-mels, filtered by a random colouring."""
+    return codec.quantize(colour(torch.from_numpy(meta["logmel"]).float(), random_colouring(codec.n_mels, db, rng)))
+
+
+def colour_augment(cfg: PretrainConfig, stores: list[TokenStore]) -> Augment | None:
+    """The stream's augmentation for --colour-db (None without it); only BEST-RQ codes can be re-made from log-mels."""
+    if cfg.colour_db <= 0:
+        return None
+    card = stores[0].card["codec"]
+    if card["name"] != "bestrq":
+        raise ValueError(f"--colour-db re-makes codes from stored log-mels, which only the bestrq codec can do; "
+                         f"{stores[0].path} holds {card['name']} codes: pass --colour-db 0")
+    codec = BestRQCodec.from_card(card)
+    for store in stores:
+        logmel = store.card.get("features", {}).get("logmel")
+        if logmel is None:
+            raise ValueError(f"--colour-db {cfg.colour_db} needs log-mel features, and {store.path} has none: "
+                             f"re-tokenize it with --store-features logmel, or pass --colour-db 0")
+        if (logmel["n_mels"], logmel["n_fft"]) != (codec.n_mels, codec.log_mel.n_fft):
+            raise ValueError(f"{store.path}'s log-mels ({logmel['n_mels']} bins, n_fft {logmel['n_fft']}) are not "
+                             f"the ones its codec quantizes ({codec.n_mels}, {codec.log_mel.n_fft})")
+    return partial(recolour, codec, cfg.colour_db)
 
 
 def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
@@ -279,7 +312,8 @@ def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], weights: list[fl
     common = dict(batch_size=cfg.batch_size, max_frames=max_frames, pad_id=pad_id, seed=cfg.seed, rank=rank,
                   world_size=world, codes_dtype=torch.int16)  # int16: a quarter of the bytes through workers and PCIe
     train = TokenStream(stores, cfg.train_split, shuffle_buffer=cfg.shuffle_buffer, weights=weights,
-                        start_batch=start_step * cfg.grad_accum, **common)  # skip exactly the batches this rank consumed
+                        start_batch=start_step * cfg.grad_accum, augment=colour_augment(cfg, stores),
+                        **common)  # skip exactly the batches this rank consumed
     batches = iter(make_loader(train, cfg.num_workers, pin_memory=pin))
     split = pick_eval_split(stores, cfg.eval_split) if cfg.eval_every >= 0 else None
     if split is None:
@@ -443,7 +477,7 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
             "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
             "mask_start_prob": cfg.mask_start_prob, "mel_loss_weight": cfg.mel_loss_weight,
-            "contrastive_weight": cfg.contrastive_weight,
+            "contrastive_weight": cfg.contrastive_weight, "colour_db": cfg.colour_db,
             "lr_schedule": lr_schedule(cfg), "continued_from": continued_from, "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
