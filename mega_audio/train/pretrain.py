@@ -156,15 +156,22 @@ def open_stores(entries: list[str]) -> tuple[list[TokenStore], list[float] | Non
     return stores, weights
 
 
+def stored_log_mels(stores: list[TokenStore], flag: str, value: float) -> list[dict]:
+    """Every store's log-mel feature card (`tokenize --store-features logmel`); refuses a store without them, naming
+    the flag that needs them and the fix."""
+    cards = [store.card.get("features", {}).get("logmel") for store in stores]
+    for store, logmel in zip(stores, cards):
+        if logmel is None:
+            raise ValueError(f"{flag} {value} needs log-mel features, and {store.path} has none: re-tokenize it with "
+                             f"--store-features logmel, or pass {flag} 0")
+    return cards
+
+
 def mel_bins(cfg: PretrainConfig, stores: list[TokenStore]) -> int:
     """Bins of the stored log-mel features the mel loss predicts (0 without a mel loss); every store must have them."""
     if cfg.mel_loss_weight <= 0:
         return 0
-    bins = {store.card.get("features", {}).get("logmel", {}).get("n_mels") for store in stores}
-    for store in stores:
-        if "logmel" not in store.card.get("features", {}):
-            raise ValueError(f"--mel-loss-weight {cfg.mel_loss_weight} needs log-mel features, and {store.path} has "
-                             f"none: re-tokenize it with --store-features logmel, or pass --mel-loss-weight 0")
+    bins = {logmel["n_mels"] for logmel in stored_log_mels(stores, "--mel-loss-weight", cfg.mel_loss_weight)}
     if len(bins) > 1:
         raise ValueError(f"the --data stores hold log-mel features of different sizes {sorted(bins)}: use one size")
     return bins.pop()
@@ -184,11 +191,7 @@ def colour_augment(cfg: PretrainConfig, stores: list[TokenStore]) -> Augment | N
         raise ValueError(f"--colour-db re-makes codes from stored log-mels, which only the bestrq codec can do; "
                          f"{stores[0].path} holds {card['name']} codes: pass --colour-db 0")
     codec = BestRQCodec.from_card(card)
-    for store in stores:
-        logmel = store.card.get("features", {}).get("logmel")
-        if logmel is None:
-            raise ValueError(f"--colour-db {cfg.colour_db} needs log-mel features, and {store.path} has none: "
-                             f"re-tokenize it with --store-features logmel, or pass --colour-db 0")
+    for store, logmel in zip(stores, stored_log_mels(stores, "--colour-db", cfg.colour_db)):
         if (logmel["n_mels"], logmel["n_fft"]) != (codec.n_mels, codec.log_mel.n_fft):
             raise ValueError(f"{store.path}'s log-mels ({logmel['n_mels']} bins, n_fft {logmel['n_fft']}) are not "
                              f"the ones its codec quantizes ({codec.n_mels}, {codec.log_mel.n_fft})")
