@@ -487,6 +487,20 @@ def test_nsynth_pitch_task_learns_the_pitch_kept_in_the_clip_extra(tmp_path):
     assert load_classifier(out)[1]["labels"] == [str(p) for p in range(128)]
 
 
+def test_fine_tuning_with_colour_db_trains_on_recoloured_codes_and_says_so(logmel_store, small_store, tmp_path):
+    short = dict(max_steps=3, batch_size=4, max_seconds=1.0, epochs=1)
+    plain = finetune(config(logmel_store, tmp_path / "plain", **short))
+    coloured = finetune(config(logmel_store, tmp_path / "colour", colour_db=6.0, **short))
+    # the same seed, init and clip order: only the re-made codes (and the crops drawn after them) can move the loss
+    assert coloured["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+    assert (plain["augment"], coloured["augment"]) == ("none", "colour 6 dB")
+    assert "augmentation `colour 6 dB`" in (tmp_path / "colour" / "README.md").read_text()
+    with pytest.raises(ValueError, match="--freeze reads every clip's features once"):
+        finetune(config(logmel_store, tmp_path / "frozen", colour_db=6.0, freeze=True, **short))
+    with pytest.raises(ValueError, match="has none: re-tokenize it with --store-features logmel"):
+        finetune(config(small_store, tmp_path / "no-mels", colour_db=6.0, **short))
+
+
 def test_gtzan_split_random_re_splits_all_clips_of_the_same_store_80_10_10_and_evaluate_follows_it(tmp_path):
     from audio_trees import write_gtzan_tree
 

@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from functools import partial
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ import torch
 import yaml
 from stores import build_token_store, codes_store
 
-from mega_audio.codecs.bestrq import BestRQCodec
 from mega_audio.config import parse_config
 from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
@@ -25,7 +22,7 @@ from mega_audio.models.checkpoint import read_checkpoint_config
 from mega_audio.models.config import model_config
 from mega_audio.models.masking import clip_halves, mask_tokens
 from mega_audio.models.mega import MegaAudioFormer
-from mega_audio.train.pretrain import RECIPES, PretrainConfig, build_model, lr_at, recolour, run
+from mega_audio.train.pretrain import RECIPES, PretrainConfig, build_model, lr_at, run
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "train" / "pretrain.py")
@@ -335,45 +332,6 @@ def test_example_configs_use_real_field_names_and_valid_accelerate_keys():
         config = load_config_from_file(str(CONFIGS / name))
         assert config.num_processes >= 1, name
         assert yaml.safe_load((CONFIGS / name).read_text())["distributed_type"] == config.distributed_type
-
-
-@pytest.fixture(scope="module")
-def logmel_store(tmp_path_factory):
-    """bestrq 1.5 kbps codes with their log-mel frames stored (--store-features logmel); read-only."""
-    return build_token_store(tmp_path_factory.mktemp("logmel_store"), per_class=3, store_features="logmel")
-
-
-def test_colouring_re_makes_the_stored_codes_at_0_db_and_recodes_a_share_of_frames_at_6_db(logmel_store):
-    store = TokenStore(logmel_store)
-    codec = BestRQCodec.from_card(store.card["codec"])
-    changed = []
-    for codes, meta in store.iter_samples("train"):
-        plain = recolour(codec, 0.0, codes, meta, np.random.default_rng(0))
-        assert (plain == codes).mean() > 0.99  # the stored frames are float16: a rare code flips at a tie
-        coloured = recolour(codec, 6.0, codes, meta, np.random.default_rng(1))
-        assert coloured.shape == codes.shape and coloured.dtype == np.int16
-        np.testing.assert_array_equal(coloured, recolour(codec, 6.0, codes, meta, np.random.default_rng(1)))
-        changed.append((coloured != codes).mean())
-    assert 0.05 < np.mean(changed) < 0.8  # an EQ moves many frames to other codes, not all of them
-
-
-def test_a_codec_card_of_another_recipe_is_refused(logmel_store):
-    card = {**TokenStore(logmel_store).card["codec"], "stack": 5}  # a card whose fingerprint no longer matches
-    with pytest.raises(ValueError, match="cannot be re-made here"):
-        BestRQCodec.from_card(card)
-
-
-def test_the_colour_augmented_stream_is_a_function_of_its_seed(logmel_store):
-    codec = BestRQCodec.from_card(TokenStore(logmel_store).card["codec"])
-    def first_batches(augment, seed=0):
-        stream = TokenStream([TokenStore(logmel_store)], "train", batch_size=4, max_frames=75, pad_id=1025,
-                             seed=seed, augment=augment)
-        return [b["codes"] for b in islice(iter(stream), 3)]
-    coloured = first_batches(partial(recolour, codec, 6.0))
-    for a, b in zip(coloured, first_batches(partial(recolour, codec, 6.0))):
-        torch.testing.assert_close(a, b)  # a resumed run re-makes the same batches
-    plain = first_batches(None)
-    assert any(not torch.equal(a, b) for a, b in zip(coloured, plain))
 
 
 def test_pretraining_with_colour_db_runs_in_workers_and_records_it(logmel_store, tmp_path):

@@ -7,6 +7,14 @@ import json
 from typing import Any
 
 
+def augmentation(finetune: dict[str, Any]) -> str:
+    """A fine-tuning config's training augmentation in words: `none`, `chunk-drop`, `colour 6 dB`, or both."""
+    parts = [] if finetune.get("augment", "none") == "none" else [finetune["augment"]]
+    if finetune.get("colour_db"):
+        parts.append(f"colour {finetune['colour_db']:g} dB")
+    return " + ".join(parts) or "none"
+
+
 def _front_matter(header: dict) -> str:
     meta = header.get("metadata", {})
     classifier = "labels" in meta
@@ -53,7 +61,7 @@ def _training_lines(meta: dict) -> list[str]:
         lines = [f"Fine-tuned on task `{meta.get('task')}` ({len(meta['labels'])} labels, "
                  f"{'multi-label' if meta.get('multi_label') else 'single-label'}) from the `{meta.get('dataset')}` "
                  f"store `{ft.get('data')}`, initialised from `{ft.get('init') or 'scratch'}`, augmentation "
-                 f"`{ft.get('augment', 'none')}`; best epoch {meta.get('best_epoch')}."]
+                 f"`{augmentation(ft)}`; best epoch {meta.get('best_epoch')}."]
         if meta.get("results"):
             lines += ["", "## Results", "", *_metrics_table(meta["results"])]
         return lines

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import option, save_yaml, to_dict
+from ..data.colouring import colour_augment
 from ..data.recipes import TASKS, get_task
 from ..data.store import TokenStore
 from ..data.stream import TaskStream, make_loader
@@ -22,6 +23,7 @@ from ..data.tasks import split_samples, task_view
 from ..models.checkpoint import load_weights, read_checkpoint_config
 from ..models.classifier import PROBE_POOLS, AudioClassifier
 from ..models.config import PRESETS, ModelConfig, model_config
+from ..models.model_card import augmentation
 from .inference import DEFAULT_EVAL_MODE, EVAL_MODES, evaluate_split
 from .probe import frozen_probe
 from .loop import check_codec, cosine_lr, make_accelerator, optimizer_step, progress_bar, set_lr
@@ -40,6 +42,10 @@ class FinetuneConfig:
     augment: str = option("none", "training augmentation", choices=list(AUGMENTS))
     chunk_drop: float = option(0.25, "chunk-drop: the one dropped span is 1 frame to this fraction of the clip",
                                above=0, max=1)
+    colour_db: float = option(0.0, "re-tokenize every training clip under a random spectral colouring of about this "
+                                   "many dB each time it is read, as `pretrain --colour-db` does (bestrq stores "
+                                   "tokenized with --store-features logmel; not with --freeze, whose features are "
+                                   "computed once)", min=0)
     freeze: bool = option(False, "frozen probe: encoder frozen (run once per clip, features cached), head = one "
                                  "hidden layer with dropout trained for --epochs on the features")
     hidden: int = option(512, "hidden width of the frozen probe's head (0: a linear probe)", min=0)
@@ -128,6 +134,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         raise ValueError(f"augment must be one of {AUGMENTS} and eval_mode one of {EVAL_MODES}")
     if not cfg.data:
         raise ValueError("--data is required: a token store directory (from `mega-audio tokenize`)")
+    if cfg.freeze and cfg.colour_db:
+        raise ValueError("--colour-db re-tokenizes clips as they are read, and --freeze reads every clip's features "
+                         "once: pass one of them")
     start_time = time.time()
     task, store = get_task(cfg.task), TokenStore(cfg.data)
     task.check_store(store.card)
@@ -154,7 +163,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # TokenStream deals shards to (rank, worker) slots itself: the loader is never passed to accelerator.prepare
     stream = TaskStream([store], read_split["train"], cfg.batch_size, max_frames, pad_id, seed=cfg.seed,
                         rank=accelerator.process_index, world_size=accelerator.num_processes, codes_dtype=torch.int16,
-                        task=task, keep=keep["train"])
+                        task=task, keep=keep["train"], augment=colour_augment(cfg.colour_db, [store]))
     batches = iter(make_loader(stream, cfg.num_workers, pin_memory=accelerator.device.type == "cuda"))
     generator = torch.Generator().manual_seed(cfg.seed * 10_007 + accelerator.process_index)
 
@@ -185,7 +194,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     results = {
         "task": task.name, "dataset": store.card.get("dataset"), "data": str(store.path),
         "codec": store.card["codec"]["name"], "bitrate": store.card["codec"]["bandwidth"],
-        "codec_fingerprint": store.card["codec"]["fingerprint"], "init": cfg.init, "augment": cfg.augment,
+        "codec_fingerprint": store.card["codec"]["fingerprint"], "init": cfg.init, "augment": augmentation(to_dict(cfg)),
         "freeze": cfg.freeze, "main_metric": task.main_metric, "split": scheme, "splits": read_split | {"holdout": view.holdout},
         "metrics": {"valid": best["valid"]["metrics"], "test": test["metrics"]},
         "n": {"train": n["train"], "valid": best["valid"]["n"], "test": test["n"]},

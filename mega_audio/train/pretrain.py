@@ -11,19 +11,16 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, replace
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..codecs.bestrq import BestRQCodec
-from ..codecs.logmel import colour, random_colouring
 from ..config import option, to_dict
+from ..data.colouring import colour_augment, stored_log_mels
 from ..data.store import TokenStore, check_same_codec
-from ..data.stream import Augment, TokenStream, make_loader, parse_store_weights
+from ..data.stream import TokenStream, make_loader, parse_store_weights
 from ..fileio import atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
 from ..models.config import GLOBAL_BLOCKS, GLOBAL_MIXERS, PRESETS, ModelConfig, model_config
@@ -156,17 +153,6 @@ def open_stores(entries: list[str]) -> tuple[list[TokenStore], list[float] | Non
     return stores, weights
 
 
-def stored_log_mels(stores: list[TokenStore], flag: str, value: float) -> list[dict]:
-    """Every store's log-mel feature card (`tokenize --store-features logmel`); refuses a store without them, naming
-    the flag that needs them and the fix."""
-    cards = [store.card.get("features", {}).get("logmel") for store in stores]
-    for store, logmel in zip(stores, cards):
-        if logmel is None:
-            raise ValueError(f"{flag} {value} needs log-mel features, and {store.path} has none: re-tokenize it with "
-                             f"--store-features logmel, or pass {flag} 0")
-    return cards
-
-
 def mel_bins(cfg: PretrainConfig, stores: list[TokenStore]) -> int:
     """Bins of the stored log-mel features the mel loss predicts (0 without a mel loss); every store must have them."""
     if cfg.mel_loss_weight <= 0:
@@ -175,27 +161,6 @@ def mel_bins(cfg: PretrainConfig, stores: list[TokenStore]) -> int:
     if len(bins) > 1:
         raise ValueError(f"the --data stores hold log-mel features of different sizes {sorted(bins)}: use one size")
     return bins.pop()
-
-
-def recolour(codec: BestRQCodec, db: float, codes: np.ndarray, meta: dict, rng: np.random.Generator) -> np.ndarray:
-    """--colour-db: a clip's codes re-made from its stored log-mels, filtered by a random colouring."""
-    return codec.quantize(colour(torch.from_numpy(meta["logmel"]).float(), random_colouring(codec.n_mels, db, rng)))
-
-
-def colour_augment(cfg: PretrainConfig, stores: list[TokenStore]) -> Augment | None:
-    """The stream's augmentation for --colour-db (None without it); only BEST-RQ codes can be re-made from log-mels."""
-    if cfg.colour_db <= 0:
-        return None
-    card = stores[0].card["codec"]
-    if card["name"] != "bestrq":
-        raise ValueError(f"--colour-db re-makes codes from stored log-mels, which only the bestrq codec can do; "
-                         f"{stores[0].path} holds {card['name']} codes: pass --colour-db 0")
-    codec = BestRQCodec.from_card(card)
-    for store, logmel in zip(stores, stored_log_mels(stores, "--colour-db", cfg.colour_db)):
-        if (logmel["n_mels"], logmel["n_fft"]) != (codec.n_mels, codec.log_mel.n_fft):
-            raise ValueError(f"{store.path}'s log-mels ({logmel['n_mels']} bins, n_fft {logmel['n_fft']}) are not "
-                             f"the ones its codec quantizes ({codec.n_mels}, {codec.log_mel.n_fft})")
-    return partial(recolour, codec, cfg.colour_db)
 
 
 def pick_eval_split(stores: list[TokenStore], wanted: str) -> str | None:
@@ -315,7 +280,7 @@ def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], weights: list[fl
     common = dict(batch_size=cfg.batch_size, max_frames=max_frames, pad_id=pad_id, seed=cfg.seed, rank=rank,
                   world_size=world, codes_dtype=torch.int16)  # int16: a quarter of the bytes through workers and PCIe
     train = TokenStream(stores, cfg.train_split, shuffle_buffer=cfg.shuffle_buffer, weights=weights,
-                        start_batch=start_step * cfg.grad_accum, augment=colour_augment(cfg, stores),
+                        start_batch=start_step * cfg.grad_accum, augment=colour_augment(cfg.colour_db, stores),
                         **common)  # skip exactly the batches this rank consumed
     batches = iter(make_loader(train, cfg.num_workers, pin_memory=pin))
     split = pick_eval_split(stores, cfg.eval_split) if cfg.eval_every >= 0 else None
