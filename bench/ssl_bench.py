@@ -7,7 +7,8 @@ learned model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead
 variant (one seed) and scores each with the frozen probe and fine-tuning: bench/results/ssl_ablation.{json,md}.
 `--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
 (bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds. `--seeds` other
-than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*).
+than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
+that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*).
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
@@ -96,9 +97,10 @@ def recipe_of(args, name: str) -> Variant:
     return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
-def run_flags(recipe: str, seeds: list[int]) -> list[str]:
+def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0) -> list[str]:
     """The flags that set a protocol run apart from `make bench-ssl`'s: they show in its table and name its files."""
     return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []),
+            *(["--finetune-colour-db", f"{finetune_colour_db:g}"] if finetune_colour_db else []),
             *(["--seeds", *map(str, seeds)] if seeds != DEFAULT_SEEDS else [])]
 
 
@@ -158,17 +160,20 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     kbps, model = r.kbps, r.model
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
+    colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
     tag = TAGS[arm].format(v=variant) + ("" if model == args.model or model_dir else f"-{model}")
-    out = args.work / "runs" / f"{tag}-{task}-{kbps:g}-s{seed}"
+    prefix = f"c{args.finetune_colour_db:g}-" if colour else ""  # fine-tuned under a random EQ
+    out = args.work / "runs" / f"{prefix}{tag}-{task}-{kbps:g}-s{seed}"
     if not (out / "results.json").exists():
         init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
         recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
             ["--epochs", str(epochs), "--lr", str(args.lr)]
         if arm == "finetuned_lpft":
             recipe += ["--lp-epochs", str(LP_EPOCHS)]
-        run(cli("finetune", "--cpu", "--task", task_name, "--data", str(store_path(args, name, kbps)),
-                "--output-dir", str(out), "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5",
-                "--eval-mode", "chunks", *init, *recipe), args.work / "logs" / f"{out.name}.log", threads)
+        store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
+        run(cli("finetune", "--cpu", "--task", task_name, "--data", str(store), "--output-dir", str(out),
+                "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5", "--eval-mode", "chunks", *init,
+                *recipe, *colour), args.work / "logs" / f"{out.name}.log", threads)
     return json.loads((out / "results.json").read_text())
 
 
@@ -255,7 +260,7 @@ def ablation(args, pool_hours: float) -> dict:
 def markdown(summary: dict) -> str:
     recipe = summary.get("recipe", DEFAULT_VARIANT)
     flags = " --ablate`" if "variants" in summary else \
-        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"])) + "`" + \
+        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"], summary.get("finetune_colour_db", 0.0))) + "`" + \
         (" (the shipped recipe)" if recipe not in VARIANTS else f" (pre-training flags `{summary['recipe_flags']}`)")
     size = "model and pre-training steps per row" if "variants" in summary else \
         f"model `{summary['model']}`, {summary['steps']} pre-training steps"
@@ -309,6 +314,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000,
                         help="pre-training steps per seed (500 leave fine-tuning no better than scratch: see README)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (scratch and fine-tuned alike)")
+    parser.add_argument("--finetune-colour-db", type=float, default=0.0,
+                        help="fine-tune (scratch and pre-trained alike) with `finetune --colour-db` on log-mel task "
+                             "stores; the frozen probes cannot colour (writes results/ssl[_<recipe>]_ftcolour<D>.*)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--gpu", action="store_true", help="the `small` model and 4x the steps")
     parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
@@ -323,6 +331,8 @@ def main() -> None:
     start = time.time()
     for t in args.tasks:
         tokenize(args, TASKS[t][0], TASKS[t][1], recipe.kbps)
+        if args.finetune_colour_db:
+            tokenize(args, TASKS[t][0], TASKS[t][1], recipe.kbps, "logmel")
     recipes = [recipe_of(args, v) for v in args.variants] if args.ablate else [recipe]
     bitrates = {r.kbps for r in recipes}
     pools = [tokenize(args, "pool", "folder", kbps) for kbps in sorted(bitrates | {args.bitrate})]
@@ -333,8 +343,11 @@ def main() -> None:
             tokenize(args, "nsynth", "nsynth", kbps)
     pool_hours = json.loads((pools[0] / "dataset.json").read_text())["splits"]["train"]["hours"]
     summary = ablation(args, pool_hours) if args.ablate else protocol(args, pool_hours)
+    colour = f", every training clip under a random EQ (`finetune --colour-db {args.finetune_colour_db:g}`)" \
+        if args.finetune_colour_db else ""
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
-                    ", the epoch best on valid; frozen probes 60 epochs at lr 1e-3",
+                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3",
+                    "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
                     "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": args.bitrate,
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
@@ -342,6 +355,7 @@ def main() -> None:
     # another recipe or other seeds write their own file (more seeds check the 3-seed table, they do not replace it)
     name = "ssl_ablation" if args.ablate else "_".join(
         ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []),
+         *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
          *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
     text = markdown(summary)
     write_json(summary, HERE / "results" / name).with_suffix(".md").write_text(text)
