@@ -281,7 +281,10 @@ def markdown(summary: dict) -> str:
                          f"{r['finetuned']:.1f} | {layers} |")
         return "\n".join(lines) + "\n"
     tasks = list(summary["tasks"])
-    lines = [f"# Does pre-training help? (real audio{'' if recipe == DEFAULT_VARIANT else ', recipe ' + recipe})", "", head,
+    title = ["real audio", *([f"recipe {recipe}"] if recipe != DEFAULT_VARIANT else []),
+             *([f"fine-tuning EQ {summary['finetune_colour_db']:g} dB"] if summary.get("finetune_colour_db") else []),
+             *([f"{len(summary['seeds'])} seeds"] if summary["seeds"] != DEFAULT_SEEDS else [])]
+    lines = [f"# Does pre-training help? ({', '.join(title)})", "", head,
              f"Test accuracy (%), mean ± std over seeds {summary['seeds']} (each seed pre-trains its own model).", "",
              "| | " + " | ".join(f"{t} (n={summary['tasks'][t].get('n_test', '?')})" for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
