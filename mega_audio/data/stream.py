@@ -58,12 +58,12 @@ def collate(samples: list[Sample], max_frames: int | None, pad_id: int, crop: st
     """Crop every clip to at most max_frames (a window chosen by `crop`), right-pad with pad_id, mark valid frames.
     When every clip carries log-mel features (a store tokenized with --store-features logmel), the batch gets
     `features` (B, T, n_mels) float16, cropped to the same window and zero-padded. `augment` replaces each whole
-    clip's codes first (pre-training's --colour-db), drawing from the same rng as the crops.
+    clip's codes first (`--colour-db`, data/colouring.py), drawing from the same rng as the crops.
 
     codes_dtype=torch.int16 moves a quarter of the bytes (the model casts to long on its device)."""
     if crop not in CROPS:
         raise ValueError(f"crop={crop!r}: use one of {CROPS}")
-    if (crop == "random" or augment) and rng is None:
+    if (crop == "random" or augment is not None) and rng is None:
         rng = np.random.default_rng()
     if augment is not None:
         samples = [(augment(clip, meta, rng), meta) for clip, meta in samples]
