@@ -8,7 +8,9 @@ variant (one seed) and scores each with the frozen probe and fine-tuning: bench/
 `--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
 (bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds. `--seeds` other
 than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
-that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*).
+that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*). `--bitrate`, `--model`,
+`--steps` and `--gpu` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*, `--gpu`
+ssl_small_8000steps.*), so that no cached run of another size is taken for one of theirs.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
@@ -89,6 +91,7 @@ VARIANTS = {
     "colour": Variant(("--colour-db", "6"), features="logmel"),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
+DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS = 1.5, "tiny", 2000  # the protocol's sizes (`make bench-ssl`)
 
 
 def recipe_of(args, name: str) -> Variant:
@@ -97,9 +100,30 @@ def recipe_of(args, name: str) -> Variant:
     return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
-def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0) -> list[str]:
+def size_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps", "kbps")) -> list[str]:
+    """The sizes this invocation changed from the protocol's (--model, --steps, --bitrate, --gpu) and the variant does
+    not pin, e.g. ["small", "8000steps"]: they name its runs and results, so that a cached run or result of another
+    size is never read as this one's."""
+    pinned, r = VARIANTS.get(variant, Variant()), recipe_of(args, variant)
+    changes = {"model": (pinned.model, r.model, DEFAULT_MODEL, r.model),
+               "steps": (pinned.steps, r.steps, DEFAULT_STEPS, f"{r.steps}steps"),
+               "kbps": (pinned.kbps, r.kbps, DEFAULT_BITRATE, f"{r.kbps:g}kbps")}
+    return [name for f in fields for pin, value, default, name in [changes[f]] if pin is None and value != default]
+
+
+def size_flags(args) -> list[str]:
+    """--bitrate / --model / --steps where this invocation changed them (--gpu shows as the model and steps it sets)."""
+    return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []),
+            *(["--model", args.model] if args.model != DEFAULT_MODEL else []),
+            *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else [])]
+
+
+SIZE_UNITS = {"--bitrate": "kbps", "--model": "model", "--steps": "steps"}  # how a size flag reads in a title
+
+
+def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, sizes: list[str] = ()) -> list[str]:
     """The flags that set a protocol run apart from `make bench-ssl`'s: they show in its table and name its files."""
-    return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []),
+    return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []), *sizes,
             *(["--finetune-colour-db", f"{finetune_colour_db:g}"] if finetune_colour_db else []),
             *(["--seeds", *map(str, seeds)] if seeds != DEFAULT_SEEDS else [])]
 
@@ -145,7 +169,7 @@ def tokenize(args, name: str, dataset: str, kbps: float, features: str | None = 
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r = recipe_of(args, variant)
-    out = args.work / "runs" / (f"pre-{variant}" + (f"-s{seed}" if seed else ""))
+    out = args.work / "runs" / "-".join(["pre", variant, *size_changes(args, variant), *([f"s{seed}"] if seed else [])])
     if not (out / "model" / "model.safetensors").exists():
         run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
@@ -161,7 +185,9 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
     colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
-    tag = TAGS[arm].format(v=variant) + ("" if model == args.model or model_dir else f"-{model}")
+    # the pre-trained arms carry the pre-training's sizes; the random-init arms depend on the model alone
+    tag = TAGS[arm].format(v="-".join([variant, *size_changes(args, variant, ("model", "steps"))])) if model_dir else \
+        TAGS[arm] + ("" if model == DEFAULT_MODEL else f"-{model}")
     prefix = f"c{args.finetune_colour_db:g}-" if colour else ""  # fine-tuned under a random EQ
     out = args.work / "runs" / f"{prefix}{tag}-{task}-{kbps:g}-s{seed}"
     if not (out / "results.json").exists():
@@ -258,15 +284,18 @@ def ablation(args, pool_hours: float) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    recipe = summary.get("recipe", DEFAULT_VARIANT)
-    flags = " --ablate`" if "variants" in summary else \
-        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"], summary.get("finetune_colour_db", 0.0))) + "`" + \
-        (" (the shipped recipe)" if recipe not in VARIANTS else f" (pre-training flags `{summary['recipe_flags']}`)")
+    recipe, sizes = summary.get("recipe", DEFAULT_VARIANT), summary.get("size_flags", [])
+    flags = "".join(f" {f}" for f in ["--ablate", *sizes]) + "`" if "variants" in summary else \
+        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"], summary.get("finetune_colour_db", 0.0), sizes)) + \
+        "`" + (" (the shipped recipe)" if recipe not in VARIANTS else
+               f" (pre-training flags `{summary['recipe_flags']}`)")
+    kbps = summary.get("bitrate", DEFAULT_BITRATE)
     size = "model and pre-training steps per row" if "variants" in summary else \
         f"model `{summary['model']}`, {summary['steps']} pre-training steps"
     head = (f"`python bench/ssl_bench.py{flags}: {size}, batches of 16 x 5 s on {summary['pool_hours']:.2f} h of "
             "unlabelled audio, "
-            f"BEST-RQ tokens, on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
+            f"BEST-RQ tokens{f' at {kbps:g} kbps' if kbps != DEFAULT_BITRATE and 'variants' not in summary else ''}, "
+            f"on {summary['machine']}; fine-tuning {summary.get('finetune', '')}.")
     if "variants" in summary:
         lines = ["# Pre-training recipe ablation (real audio, instrument family, test accuracy %)", "", head,
                  "One seed per row; the frozen probe reads the layer best on valid (its valid accuracy per layer in the "
@@ -282,6 +311,7 @@ def markdown(summary: dict) -> str:
         return "\n".join(lines) + "\n"
     tasks = list(summary["tasks"])
     title = ["real audio", *([f"recipe {recipe}"] if recipe != DEFAULT_VARIANT else []),
+             *(f"{value} {SIZE_UNITS[flag]}" for flag, value in zip(sizes[::2], sizes[1::2])),
              *([f"fine-tuning EQ {summary['finetune_colour_db']:g} dB"] if summary.get("finetune_colour_db") else []),
              *([f"{len(summary['seeds'])} seeds"] if summary["seeds"] != DEFAULT_SEEDS else [])]
     lines = [f"# Does pre-training help? ({', '.join(title)})", "", head,
@@ -312,9 +342,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ssl")
     parser.add_argument("--tasks", nargs="*", default=["instrument_family", "music_speech"], choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="*", default=DEFAULT_SEEDS)
-    parser.add_argument("--bitrate", type=float, default=1.5)
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--steps", type=int, default=2000,
+    parser.add_argument("--bitrate", type=float, default=DEFAULT_BITRATE)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help="pre-training steps per seed (500 leave fine-tuning no better than scratch: see README)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (scratch and fine-tuned alike)")
     parser.add_argument("--finetune-colour-db", type=float, default=0.0,
@@ -352,12 +382,13 @@ def main() -> None:
                     f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3",
                     "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
-                    "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": args.bitrate,
+                    "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": recipe.kbps,
+                    "size_flags": size_flags(args),
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
     # another recipe or other seeds write their own file (more seeds check the 3-seed table, they do not replace it)
-    name = "ssl_ablation" if args.ablate else "_".join(
-        ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []),
+    name = "_".join(["ssl_ablation", *size_changes(args, DEFAULT_VARIANT)]) if args.ablate else "_".join(
+        ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []), *size_changes(args, args.recipe),
          *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
          *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
     text = markdown(summary)
