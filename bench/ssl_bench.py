@@ -9,8 +9,8 @@ variant (one seed) and scores each with the frozen probe and fine-tuning: bench/
 (bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds. `--seeds` other
 than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
 that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*). `--bitrate`, `--model`,
-`--steps` and `--gpu` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*, `--gpu`
-ssl_small_8000steps.*), so that no cached run of another size is taken for one of theirs.
+`--steps`, `--gpu` and `--lr` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*,
+`--gpu` ssl_small_8000steps.*), so that no cached run of another setting is taken for one of theirs.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
@@ -91,7 +91,7 @@ VARIANTS = {
     "colour": Variant(("--colour-db", "6"), features="logmel"),
 }
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
-DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS = 1.5, "tiny", 2000  # the protocol's sizes (`make bench-ssl`)
+DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 
 
 def recipe_of(args, name: str) -> Variant:
@@ -100,10 +100,10 @@ def recipe_of(args, name: str) -> Variant:
     return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
-def size_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps", "kbps")) -> list[str]:
+def setting_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps", "kbps")) -> list[str]:
     """The sizes this invocation changed from the protocol's (--model, --steps, --bitrate, --gpu) and the variant does
     not pin, e.g. ["small", "8000steps"]: they name its runs and results, so that a cached run or result of another
-    size is never read as this one's."""
+    setting is never read as this one's."""
     pinned, r = VARIANTS.get(variant, Variant()), recipe_of(args, variant)
     changes = {"model": (pinned.model, r.model, DEFAULT_MODEL, r.model),
                "steps": (pinned.steps, r.steps, DEFAULT_STEPS, f"{r.steps}steps"),
@@ -111,19 +111,20 @@ def size_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps"
     return [name for f in fields for pin, value, default, name in [changes[f]] if pin is None and value != default]
 
 
-def size_flags(args) -> list[str]:
-    """--bitrate / --model / --steps where this invocation changed them (--gpu shows as the model and steps it sets)."""
+def setting_flags(args) -> list[str]:
+    """--bitrate / --model / --steps / --lr where this invocation changed them (--gpu: the model and steps it sets)."""
     return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []),
             *(["--model", args.model] if args.model != DEFAULT_MODEL else []),
-            *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else [])]
+            *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else []),
+            *(["--lr", f"{args.lr:g}"] if args.lr != DEFAULT_LR else [])]
 
 
-SIZE_UNITS = {"--bitrate": "kbps", "--model": "model", "--steps": "steps"}  # how a size flag reads in a title
+SETTING_TITLES = {"--bitrate": "{} kbps", "--model": "{} model", "--steps": "{} steps", "--lr": "fine-tuning lr {}"}
 
 
-def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, sizes: list[str] = ()) -> list[str]:
+def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, settings: list[str] = ()) -> list[str]:
     """The flags that set a protocol run apart from `make bench-ssl`'s: they show in its table and name its files."""
-    return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []), *sizes,
+    return [*(["--recipe", recipe] if recipe != DEFAULT_VARIANT else []), *settings,
             *(["--finetune-colour-db", f"{finetune_colour_db:g}"] if finetune_colour_db else []),
             *(["--seeds", *map(str, seeds)] if seeds != DEFAULT_SEEDS else [])]
 
@@ -169,7 +170,8 @@ def tokenize(args, name: str, dataset: str, kbps: float, features: str | None = 
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r = recipe_of(args, variant)
-    out = args.work / "runs" / "-".join(["pre", variant, *size_changes(args, variant), *([f"s{seed}"] if seed else [])])
+    name = ["pre", variant, *setting_changes(args, variant), *([f"s{seed}"] if seed else [])]
+    out = args.work / "runs" / "-".join(name)
     if not (out / "model" / "model.safetensors").exists():
         run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
@@ -186,10 +188,11 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     frozen = arm.startswith("frozen")
     colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
     # the pre-trained arms carry the pre-training's sizes; the random-init arms depend on the model alone
-    tag = TAGS[arm].format(v="-".join([variant, *size_changes(args, variant, ("model", "steps"))])) if model_dir else \
-        TAGS[arm] + ("" if model == DEFAULT_MODEL else f"-{model}")
+    pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
+    tag = TAGS[arm].format(v=pretrained) if model_dir else TAGS[arm] + ("" if model == DEFAULT_MODEL else f"-{model}")
     prefix = f"c{args.finetune_colour_db:g}-" if colour else ""  # fine-tuned under a random EQ
-    out = args.work / "runs" / f"{prefix}{tag}-{task}-{kbps:g}-s{seed}"
+    lr = "" if frozen or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the frozen probes have their own
+    out = args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{kbps:g}-s{seed}"
     if not (out / "results.json").exists():
         init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
         recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
@@ -284,11 +287,13 @@ def ablation(args, pool_hours: float) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    recipe, sizes = summary.get("recipe", DEFAULT_VARIANT), summary.get("size_flags", [])
-    flags = "".join(f" {f}" for f in ["--ablate", *sizes]) + "`" if "variants" in summary else \
-        "".join(f" {f}" for f in run_flags(recipe, summary["seeds"], summary.get("finetune_colour_db", 0.0), sizes)) + \
-        "`" + (" (the shipped recipe)" if recipe not in VARIANTS else
-               f" (pre-training flags `{summary['recipe_flags']}`)")
+    recipe, settings = summary.get("recipe", DEFAULT_VARIANT), summary.get("setting_flags", [])
+    if "variants" in summary:
+        command, what = ["--ablate", *settings], ""
+    else:
+        command = run_flags(recipe, summary["seeds"], summary.get("finetune_colour_db", 0.0), settings)
+        what = f" (pre-training flags `{summary['recipe_flags']}`)" if recipe in VARIANTS else " (the shipped recipe)"
+    flags = "".join(f" {f}" for f in command) + "`" + what
     kbps = summary.get("bitrate", DEFAULT_BITRATE)
     size = "model and pre-training steps per row" if "variants" in summary else \
         f"model `{summary['model']}`, {summary['steps']} pre-training steps"
@@ -311,7 +316,7 @@ def markdown(summary: dict) -> str:
         return "\n".join(lines) + "\n"
     tasks = list(summary["tasks"])
     title = ["real audio", *([f"recipe {recipe}"] if recipe != DEFAULT_VARIANT else []),
-             *(f"{value} {SIZE_UNITS[flag]}" for flag, value in zip(sizes[::2], sizes[1::2])),
+             *(SETTING_TITLES[flag].format(value) for flag, value in zip(settings[::2], settings[1::2])),
              *([f"fine-tuning EQ {summary['finetune_colour_db']:g} dB"] if summary.get("finetune_colour_db") else []),
              *([f"{len(summary['seeds'])} seeds"] if summary["seeds"] != DEFAULT_SEEDS else [])]
     lines = [f"# Does pre-training help? ({', '.join(title)})", "", head,
@@ -346,7 +351,8 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help="pre-training steps per seed (500 leave fine-tuning no better than scratch: see README)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr (scratch and fine-tuned alike)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
+                        help="fine-tuning peak lr (scratch and fine-tuned alike; the frozen probes use 1e-3)")
     parser.add_argument("--finetune-colour-db", type=float, default=0.0,
                         help="fine-tune (scratch and pre-trained alike) with `finetune --colour-db` on log-mel task "
                              "stores; the frozen probes cannot colour (writes results/ssl[_<recipe>]_ftcolour<D>.*)")
@@ -383,12 +389,13 @@ def main() -> None:
                     "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
                     "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": recipe.kbps,
-                    "size_flags": size_flags(args),
+                    "setting_flags": setting_flags(args),
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
     # another recipe or other seeds write their own file (more seeds check the 3-seed table, they do not replace it)
-    name = "_".join(["ssl_ablation", *size_changes(args, DEFAULT_VARIANT)]) if args.ablate else "_".join(
-        ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []), *size_changes(args, args.recipe),
+    name = "_".join(["ssl_ablation", *setting_changes(args, DEFAULT_VARIANT)]) if args.ablate else "_".join(
+        ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []), *setting_changes(args, args.recipe),
+         *([f"lr{args.lr:g}"] if args.lr != DEFAULT_LR else []),
          *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
          *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
     text = markdown(summary)
