@@ -10,7 +10,7 @@ variant (one seed) and scores each with the frozen probe and fine-tuning: bench/
 than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
 that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*). `--bitrate`, `--model`,
 `--steps`, `--gpu` and `--lr` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*,
-`--gpu` ssl_small_8000steps.*), so that no cached run of another setting is taken for one of theirs.
+`--gpu` ssl_smallmodel_8000steps.*), so that no cached run of another setting is taken for one of theirs.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
@@ -102,10 +102,10 @@ def recipe_of(args, name: str) -> Variant:
 
 def setting_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps", "kbps")) -> list[str]:
     """The sizes this invocation changed from the protocol's (--model, --steps, --bitrate, --gpu) and the variant does
-    not pin, e.g. ["small", "8000steps"]: they name its runs and results, so that a cached run or result of another
+    not pin, e.g. ["smallmodel", "8000steps"]: they name its runs and results, so that a cached run or result of another
     setting is never read as this one's."""
     pinned, r = VARIANTS.get(variant, Variant()), recipe_of(args, variant)
-    changes = {"model": (pinned.model, r.model, DEFAULT_MODEL, r.model),
+    changes = {"model": (pinned.model, r.model, DEFAULT_MODEL, f"{r.model}model"),
                "steps": (pinned.steps, r.steps, DEFAULT_STEPS, f"{r.steps}steps"),
                "kbps": (pinned.kbps, r.kbps, DEFAULT_BITRATE, f"{r.kbps:g}kbps")}
     return [name for f in fields for pin, value, default, name in [changes[f]] if pin is None and value != default]
@@ -168,10 +168,26 @@ def tokenize(args, name: str, dataset: str, kbps: float, features: str | None = 
     return store
 
 
+def pretrain_dir(args, variant: str, seed: int) -> Path:
+    """pre-<variant>[-<changed settings>][-s<seed>] (seed 0 unsuffixed, as the first runs were named)."""
+    seed_suffix = [f"s{seed}"] if seed else []
+    return args.work / "runs" / "-".join(["pre", variant, *setting_changes(args, variant), *seed_suffix])
+
+
+def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
+    """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>: the pre-trained arms name the pre-training (variant and changed
+    settings), the random-init arms only their model; c<D> marks fine-tuning under a random EQ."""
+    r, frozen = recipe_of(args, variant), arm.startswith("frozen")
+    pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
+    tag = TAGS[arm].format(v=pretrained) if arm in PRETRAINED_ARMS else \
+        TAGS[arm] + ("" if r.model == DEFAULT_MODEL else f"-{r.model}")
+    prefix = f"c{args.finetune_colour_db:g}-" if args.finetune_colour_db and not frozen else ""
+    lr = "" if frozen or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the frozen probes train at their own lr
+    return args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}"
+
+
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
-    r = recipe_of(args, variant)
-    name = ["pre", variant, *setting_changes(args, variant), *([f"s{seed}"] if seed else [])]
-    out = args.work / "runs" / "-".join(name)
+    r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
     if not (out / "model" / "model.safetensors").exists():
         run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
@@ -187,12 +203,7 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     name, _, task_name, epochs = TASKS[task]
     frozen = arm.startswith("frozen")
     colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
-    # the pre-trained arms carry the pre-training's sizes; the random-init arms depend on the model alone
-    pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
-    tag = TAGS[arm].format(v=pretrained) if model_dir else TAGS[arm] + ("" if model == DEFAULT_MODEL else f"-{model}")
-    prefix = f"c{args.finetune_colour_db:g}-" if colour else ""  # fine-tuned under a random EQ
-    lr = "" if frozen or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the frozen probes have their own
-    out = args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{kbps:g}-s{seed}"
+    out = finetune_dir(args, task, arm, variant, seed)
     if not (out / "results.json").exists():
         init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
         recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
@@ -341,7 +352,7 @@ def _arm_rows(summary: dict, tasks: list[str], mean: str, std: str) -> list[str]
     return rows
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=ROOT / "data" / "real-audio")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ssl")
@@ -363,9 +374,25 @@ def main() -> None:
                         choices=[*VARIANTS, DEFAULT_VARIANT])
     parser.add_argument("--recipe", default=DEFAULT_VARIANT, choices=[DEFAULT_VARIANT] + list(VARIANTS),
                         help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.gpu:
         args.model, args.steps = "small", args.steps * 4
+    return args
+
+
+def results_name(args) -> str:
+    """bench/results/<name>.*: another recipe, setting, fine-tuning EQ or seeds write their own file (more seeds check
+    the 3-seed table, they do not replace it)."""
+    if args.ablate:
+        return "_".join(["ssl_ablation", *setting_changes(args, DEFAULT_VARIANT)])
+    return "_".join(["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []),
+                     *setting_changes(args, args.recipe), *([f"lr{args.lr:g}"] if args.lr != DEFAULT_LR else []),
+                     *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
+                     *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
+
+
+def main() -> None:
+    args = parse_args()
     recipe = recipe_of(args, args.recipe)
     start = time.time()
     for t in args.tasks:
@@ -392,12 +419,7 @@ def main() -> None:
                     "setting_flags": setting_flags(args),
                     "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
                     "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
-    # another recipe or other seeds write their own file (more seeds check the 3-seed table, they do not replace it)
-    name = "_".join(["ssl_ablation", *setting_changes(args, DEFAULT_VARIANT)]) if args.ablate else "_".join(
-        ["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []), *setting_changes(args, args.recipe),
-         *([f"lr{args.lr:g}"] if args.lr != DEFAULT_LR else []),
-         *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
-         *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
+    name = results_name(args)
     text = markdown(summary)
     write_json(summary, HERE / "results" / name).with_suffix(".md").write_text(text)
     print(text)

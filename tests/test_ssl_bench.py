@@ -1,0 +1,62 @@
+"""bench/ssl_bench.py's job and results names: a cached job is reused only by a run of the same setting."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("ssl_bench", Path(__file__).parent.parent / "bench" / "ssl_bench.py")
+sb = sys.modules["ssl_bench"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
+_spec.loader.exec_module(sb)
+
+TASK = "instrument_family"
+
+
+def job_names(argv: list[str], seed: int = 0) -> dict[str, str]:
+    """The directory name of every job one seed of the protocol runs, by job."""
+    args = sb.parse_args(["--work", "/w", *argv])
+    names = {arm: sb.finetune_dir(args, TASK, arm, args.recipe, seed).name for arm in sb.ARMS if arm != "bag_of_tokens"}
+    return {"pretrain": sb.pretrain_dir(args, args.recipe, seed).name, **names}
+
+
+def test_the_shipped_protocol_keeps_the_names_of_its_cached_jobs_and_results():
+    assert job_names([]) == {"pretrain": "pre-default", "frozen_random": "fzs-random-instrument_family-1.5-s0",
+                             "frozen_pretrained": "fzs-default-instrument_family-1.5-s0",
+                             "scratch": "ft-scratch-instrument_family-1.5-s0",
+                             "finetuned": "ft-default-instrument_family-1.5-s0",
+                             "finetuned_lpft": "lpft-default-instrument_family-1.5-s0"}
+    assert job_names(["--recipe", "mini"], seed=2)["scratch"] == "ft-scratch-mini-instrument_family-1.5-s2"
+    assert job_names(["--recipe", "span25-12kbps"])["pretrain"] == "pre-span25-12kbps"
+    assert sb.results_name(sb.parse_args([])) == "ssl"
+    assert sb.results_name(sb.parse_args(["--recipe", "colour", "--seeds", "0", "1", "2", "3", "4"])) == \
+        "ssl_colour_5seeds"
+
+
+@pytest.mark.parametrize("argv, changed, results", [
+    (["--gpu"], {"pretrain", "frozen_random", "frozen_pretrained", "scratch", "finetuned", "finetuned_lpft"},
+     "ssl_smallmodel_8000steps"),
+    (["--steps", "500"], {"pretrain", "frozen_pretrained", "finetuned", "finetuned_lpft"}, "ssl_500steps"),
+    (["--bitrate", "12"], {"pretrain", "frozen_random", "frozen_pretrained", "scratch", "finetuned", "finetuned_lpft"},
+     "ssl_12kbps"),
+    (["--lr", "1e-4"], {"scratch", "finetuned", "finetuned_lpft"}, "ssl_lr0.0001"),  # the probes train at 1e-3
+    (["--finetune-colour-db", "6"], {"scratch", "finetuned", "finetuned_lpft"}, "ssl_ftcolour6"),
+])
+def test_a_changed_setting_renames_exactly_the_jobs_and_results_it_changes(argv, changed, results):
+    shipped, other = job_names([]), job_names(argv)
+    assert {job for job in shipped if other[job] != shipped[job]} == changed
+    assert sb.results_name(sb.parse_args(argv)) == results
+
+
+def test_a_variant_that_pins_a_setting_is_not_renamed_by_it():
+    """`--recipe steps500` pins 500 steps: --steps does not reach it, so its cached jobs still count."""
+    assert job_names(["--recipe", "steps500", "--steps", "8000"]) == job_names(["--recipe", "steps500"])
+    assert sb.results_name(sb.parse_args(["--recipe", "steps500", "--steps", "8000"])) == "ssl_steps500"
+
+
+def test_every_setting_of_the_readme_gets_jobs_of_its_own():
+    settings = [[], ["--gpu"], ["--bitrate", "12"], ["--model", "mini"], ["--steps", "500"], ["--lr", "1e-4"],
+                ["--gpu", "--bitrate", "12"], ["--recipe", "mini"], ["--recipe", "colour"]]
+    pretrained = [job_names(argv)["finetuned"] for argv in settings]
+    assert len(set(pretrained)) == len(settings)
+    assert len({sb.results_name(sb.parse_args(argv)) for argv in settings}) == len(settings)
