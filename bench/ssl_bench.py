@@ -17,17 +17,20 @@ that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ft
     python bench/ssl_bench.py --gpu          # the `small` model and 4x the steps, on a GPU machine
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
-resumes where it stopped. --jobs N runs N jobs side by side with cores / N threads each.
+resumes where it stopped. --jobs N runs N jobs side by side with cores / N threads each. Benches may share a --work
+(say, 3 and 5 seeds of one recipe): a job another one is running is waited for and reused, never run twice at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -149,6 +152,17 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def run_once(done: Callable[[], bool], cmd: list[str], log: Path, threads: int) -> None:
+    """Runs a job unless it is `done`. Under the job's lock, so that a second bench on the same --work waits for a job
+    in flight and then reuses its output instead of running it again into the same directory; the kernel drops the
+    lock with its holder, so a killed bench leaves none behind."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done():
+            run(cmd, log, threads)
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mega_audio.cli", *args]
 
@@ -160,11 +174,11 @@ def store_path(args, name: str, kbps: float, features: str | None = None) -> Pat
 def tokenize(args, name: str, dataset: str, kbps: float, features: str | None = None) -> Path:
     store = store_path(args, name, kbps, features)
     card = store / "dataset.json"
-    if not (card.exists() and json.loads(card.read_text()).get("complete")):
-        run(cli("tokenize", "--dataset", dataset, "--data-root", str(args.data_root / name), "--out", str(store),
-                "--codec", "bestrq", "--bitrate", f"{kbps:g}", "--num-workers", "1",
-                *(["--store-features", features] if features else [])),
-            args.work / "logs" / f"tokenize-{store.name}.log", os.cpu_count() or 2)
+    run_once(lambda: card.exists() and json.loads(card.read_text()).get("complete"),
+             cli("tokenize", "--dataset", dataset, "--data-root", str(args.data_root / name), "--out", str(store),
+                 "--codec", "bestrq", "--bitrate", f"{kbps:g}", "--num-workers", "1",
+                 *(["--store-features", features] if features else [])),
+             args.work / "logs" / f"tokenize-{store.name}.log", os.cpu_count() or 2)
     return store
 
 
@@ -188,13 +202,14 @@ def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
 
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
-    if not (out / "model" / "model.safetensors").exists():
-        run([sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
-             "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
-             "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
-             "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags],
-            args.work / "logs" / f"{out.name}.log", threads)
-    return out / "model"
+    model = out / "model"
+    run_once((model / "model.safetensors").exists,
+             [sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
+              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
+              "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
+              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags],
+             args.work / "logs" / f"{out.name}.log", threads)
+    return model
 
 
 def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
@@ -204,17 +219,19 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     frozen = arm.startswith("frozen")
     colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
     out = finetune_dir(args, task, arm, variant, seed)
-    if not (out / "results.json").exists():
-        init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
-        recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
-            ["--epochs", str(epochs), "--lr", str(args.lr)]
-        if arm == "finetuned_lpft":
-            recipe += ["--lp-epochs", str(LP_EPOCHS)]
-        store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
-        run(cli("finetune", "--cpu", "--task", task_name, "--data", str(store), "--output-dir", str(out),
-                "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5", "--eval-mode", "chunks", *init,
-                *recipe, *colour), args.work / "logs" / f"{out.name}.log", threads)
-    return json.loads((out / "results.json").read_text())
+    init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
+    recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
+        ["--epochs", str(epochs), "--lr", str(args.lr)]
+    if arm == "finetuned_lpft":
+        recipe += ["--lp-epochs", str(LP_EPOCHS)]
+    store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
+    results = out / "results.json"
+    run_once(results.exists,
+             cli("finetune", "--cpu", "--task", task_name, "--data", str(store), "--output-dir", str(out),
+                 "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5", "--eval-mode", "chunks", *init,
+                 *recipe, *colour),
+             args.work / "logs" / f"{out.name}.log", threads)
+    return json.loads(results.read_text())
 
 
 def bag_of_tokens(store: Path, seed: int) -> dict:

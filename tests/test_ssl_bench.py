@@ -1,7 +1,12 @@
-"""bench/ssl_bench.py's job and results names: a cached job is reused only by a run of the same setting."""
+"""bench/ssl_bench.py's jobs: a cached job is reused only by a run of the same setting, and two benches on one --work
+run a job once."""
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +65,56 @@ def test_every_setting_of_the_readme_gets_jobs_of_its_own():
     pretrained = [job_names(argv)["finetuned"] for argv in settings]
     assert len(set(pretrained)) == len(settings)
     assert len({sb.results_name(sb.parse_args(argv)) for argv in settings}) == len(settings)
+
+
+JOB = """import pathlib, sys, time
+pathlib.Path(sys.argv[1]).touch()
+with open(sys.argv[2], "a") as runs:
+    runs.write("ran\\n")
+time.sleep(float(sys.argv[3]))
+pathlib.Path(sys.argv[4]).write_text("done")
+"""
+DRIVER = """import importlib.util, pathlib, sys
+spec = importlib.util.spec_from_file_location("ssl_bench", {bench!r})
+sb = sys.modules["ssl_bench"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sb)
+done = pathlib.Path(sys.argv[4])
+sb.run_once(done.exists, [sys.executable, {job!r}, *sys.argv[1:]], pathlib.Path({log!r}), 1)
+"""
+
+
+def start_bench(tmp_path: Path, seconds: float) -> subprocess.Popen:
+    """A process that runs the job 'write started, count a run, sleep, write done' through run_once."""
+    (tmp_path / "job.py").write_text(JOB)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(bench=str(Path(sb.__file__)), job=str(tmp_path / "job.py"),
+                                    log=str(tmp_path / "logs" / "job.log")))
+    return subprocess.Popen([sys.executable, str(driver), str(tmp_path / "started"), str(tmp_path / "runs.txt"),
+                             str(seconds), str(tmp_path / "done")], start_new_session=True)
+
+
+def wait_for(path: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_two_benches_on_one_work_dir_run_a_job_once(tmp_path):
+    first = start_bench(tmp_path, seconds=1.5)
+    wait_for(tmp_path / "started")
+    second = start_bench(tmp_path, seconds=1.5)  # the same job while the first is running it
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
+    assert (tmp_path / "runs.txt").read_text() == "ran\n"
+    assert (tmp_path / "done").read_text() == "done"
+
+
+def test_a_killed_bench_leaves_no_lock_behind(tmp_path):
+    killed = start_bench(tmp_path, seconds=600)
+    wait_for(tmp_path / "started")
+    os.killpg(killed.pid, signal.SIGKILL)  # the bench and its job, as `kill -- -PGID` would
+    killed.wait(timeout=30)
+    (tmp_path / "started").unlink()
+    again = start_bench(tmp_path, seconds=0)
+    assert again.wait(timeout=60) == 0  # would wait forever on a stale lock
+    assert (tmp_path / "runs.txt").read_text() == "ran\nran\n" and (tmp_path / "done").exists()
