@@ -56,6 +56,7 @@ ARM_NAMES = {"bag_of_tokens": "bag-of-tokens logistic regression (no model)",
              "scratch": "fine-tuned from scratch", "finetuned": "fine-tuned from the pre-trained encoder",
              "finetuned_lpft": "fine-tuned from the pre-trained encoder, LP-FT (head fitted on frozen features first)"}
 PRETRAINED_ARMS = ("frozen_pretrained", "finetuned", "finetuned_lpft")  # the arms that start from the pre-trained model
+FROZEN_ARMS = ("frozen_random", "frozen_pretrained")  # `finetune --freeze`: probes on features computed once
 ABLATION_ARMS = ("frozen_random", "frozen_pretrained", "scratch", "finetuned")
 # run directory of an arm (format with the recipe variant); the random-init arms do not depend on the recipe. The
 # frozen probes' "fzs" names their pooling (stats, the default since it replaced the mean, whose runs were "fz"), so
@@ -188,15 +189,21 @@ def pretrain_dir(args, variant: str, seed: int) -> Path:
     return args.work / "runs" / "-".join(["pre", variant, *setting_changes(args, variant), *seed_suffix])
 
 
+def colour_flags(args, arm: str) -> list[str]:
+    """`finetune --colour-db D` for an arm that trains the encoder under --finetune-colour-db (the frozen probes compute
+    their features once and cannot colour)."""
+    return ["--colour-db", f"{args.finetune_colour_db:g}"] if args.finetune_colour_db and arm not in FROZEN_ARMS else []
+
+
 def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
     """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>: the pre-trained arms name the pre-training (variant and changed
     settings), the random-init arms only their model; c<D> marks fine-tuning under a random EQ."""
-    r, frozen = recipe_of(args, variant), arm.startswith("frozen")
+    r = recipe_of(args, variant)
     pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
     tag = TAGS[arm].format(v=pretrained) if arm in PRETRAINED_ARMS else \
         TAGS[arm] + ("" if r.model == DEFAULT_MODEL else f"-{r.model}")
-    prefix = f"c{args.finetune_colour_db:g}-" if args.finetune_colour_db and not frozen else ""
-    lr = "" if frozen or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the frozen probes train at their own lr
+    prefix = f"c{args.finetune_colour_db:g}-" if colour_flags(args, arm) else ""
+    lr = "" if arm in FROZEN_ARMS or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the probes train at their own lr
     return args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}"
 
 
@@ -216,8 +223,7 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     r = recipe_of(args, variant)
     kbps, model = r.kbps, r.model
     name, _, task_name, epochs = TASKS[task]
-    frozen = arm.startswith("frozen")
-    colour = [] if frozen or not args.finetune_colour_db else ["--colour-db", f"{args.finetune_colour_db:g}"]
+    frozen, colour = arm in FROZEN_ARMS, colour_flags(args, arm)
     out = finetune_dir(args, task, arm, variant, seed)
     init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
     recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
