@@ -76,10 +76,12 @@ class Variant:
     model: str | None = None
     steps: int | None = None  # pre-training steps (warm-up: a tenth of them)
     features: str | None = None  # the pool's stored features (`tokenize --store-features`), e.g. for a mel loss
+    teacher: str | None = None  # the variant whose pre-trained model of the same seed is `pretrain.py --teacher`
 
 
 DEFAULT_SEEDS = [0, 1, 2]
 ABLATION_STEPS = 500
+DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 VARIANTS = {
     "token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),  # the paper's recipe
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
@@ -93,8 +95,12 @@ VARIANTS = {
     "mel": Variant(("--mel-loss-weight", "1"), features="logmel"),
     # every clip re-tokenized under a random EQ each time it is read (from the pool's stored log-mels): many renderings
     "colour": Variant(("--colour-db", "6"), features="logmel"),
+    # HuBERT's second iteration: span25 again, plus each masked frame's cluster (k-means, k = 100) of span25's states
+    "hubert": Variant(("--mask-unit", "span", "--mask-ratio", "0.25", "--teacher-clusters", "100"),
+                      steps=ABLATION_STEPS, teacher="span25"),
+    # the same with a stronger teacher: the shipped recipe's model (2,000 steps), the shipped masking, 500 steps more
+    "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
 }
-DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 
 
@@ -136,7 +142,8 @@ def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, se
 def shown_flags(args, name: str) -> str:
     """The pre-training flags that make a variant differ from the protocol's defaults."""
     r = recipe_of(args, name)
-    flags = [*r.flags, *(["--model", r.model] if r.model != args.model else []),
+    flags = [*r.flags, *(["--teacher", f"<{r.teacher} model>"] if r.teacher else []),
+             *(["--model", r.model] if r.model != args.model else []),
              *(["--max-steps", str(r.steps)] if r.steps != args.steps else [])]
     return " ".join(flags) or "(defaults)"
 
@@ -210,11 +217,12 @@ def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
     model = out / "model"
+    teacher = ["--teacher", str(pretrain(args, r.teacher, seed, threads))] if r.teacher else []
     run_once((model / "model.safetensors").exists,
              [sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
               "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
               "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
-              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags],
+              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *teacher],
              args.work / "logs" / f"{out.name}.log", threads)
     return model
 

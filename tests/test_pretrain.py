@@ -20,9 +20,10 @@ from mega_audio.data.store import TokenStore
 from mega_audio.data.stream import TokenStream
 from mega_audio.models.checkpoint import read_checkpoint_config
 from mega_audio.models.config import model_config
-from mega_audio.models.masking import clip_halves, mask_tokens
+from mega_audio.models.masking import IGNORE_INDEX, clip_halves, mask_tokens
 from mega_audio.models.mega import MegaAudioFormer
 from mega_audio.train.pretrain import RECIPES, PretrainConfig, build_model, lr_at, run
+from mega_audio.train.teacher import fit_teacher, kmeans, nearest_centroid
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "train" / "pretrain.py")
@@ -350,3 +351,56 @@ def test_colour_db_without_stored_log_mels_or_on_encodec_codes_is_refused_with_t
     with pytest.raises(ValueError, match="only the bestrq codec can do"):
         run(PretrainConfig(data=[str(random_store(tmp_path / "encodec"))], output_dir=str(tmp_path / "b"), cpu=True,
                            colour_db=6.0))
+
+
+def test_kmeans_separates_well_apart_groups_and_the_same_seed_gives_the_same_centroids():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    groups = torch.arange(3).repeat_interleave(200)
+    points = centres[groups] + torch.randn(600, 2, generator=generator)
+    centroids = kmeans(points, 3, seed=1)
+    assignment = nearest_centroid(points, centroids)
+    assert all(len(assignment[groups == g].unique()) == 1 for g in range(3))  # each group one cluster...
+    assert len(assignment.unique()) == 3  # ...and no two groups share one
+    torch.testing.assert_close(kmeans(points, 3, seed=1), centroids, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs at least 700 frames"):
+        kmeans(points, 700)
+
+
+def test_a_teacher_run_learns_the_teachers_clusters_of_masked_frames_and_records_its_teacher(small_store, reference_run,
+                                                                                              tmp_path):
+    """HuBERT's second iteration: the teacher (the reference run's export) clusters its frame states; the student gets a
+    cluster head trained on the masked frames, and the export says which teacher it learnt from."""
+    teacher_dir = reference_run / "model"
+    store = TokenStore(small_store)
+    teacher = fit_teacher(teacher_dir, [store], "train", 8, 75, seed=0)
+    again = fit_teacher(teacher_dir, [store], "train", 8, 75, seed=0)
+    torch.testing.assert_close(again.centroids, teacher.centroids, rtol=0, atol=0)  # a resumed run fits the same
+    clips = [torch.from_numpy(codes[:75].astype("int64")) for codes, _ in store.iter_samples("train")]
+    clusters = [teacher(codes[None])[0] for codes in clips]
+    assert [len(c) for c in clusters] == [len(codes) for codes in clips]
+    assert len(torch.cat(clusters).unique()) == 8  # k-means++ spreads its seeds: every cluster holds frames
+
+    out = tmp_path / "run"
+    result = run_script(*train_args(small_store, out, "--max-steps", "3", "--num-workers", "0", "--eval-every", "-1",
+                                    "--teacher", str(teacher_dir), "--teacher-clusters", "8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = read_checkpoint_config(out / "model")
+    assert header["config"]["teacher_clusters"] == 8
+    assert header["metadata"]["pretrain"]["teacher"] == {"model": str(teacher_dir), "clusters": 8, "weight": 1.0}
+    model = MegaAudioFormer.from_pretrained(out / "model")
+    codes = torch.randint(0, 1024, (2, 40, 2))
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = mask_tokens(codes, ratio=0.5, generator=generator, mask_id=model.config.mask_id)
+    clusters = torch.randint(0, 8, (2, 40))
+    _, with_clusters = model(inputs, None, targets, clusters=clusters)
+    with_clusters.backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []  # the cluster head learns too
+    masked = (targets != IGNORE_INDEX).any(-1)
+    relabelled = torch.where(masked, clusters, (clusters + 1) % 8)  # unmasked frames' clusters changed: no effect
+    torch.testing.assert_close(model(inputs, None, targets, clusters=relabelled)[1], with_clusters)
+    assert model(inputs, None, targets)[1] < with_clusters  # the token loss alone is the smaller part
+
+    other_codec = random_store(tmp_path / "n_q4", n_q=4)
+    with pytest.raises(ValueError, match="was trained on bestrq .* tokens, but .* holds encodec"):
+        fit_teacher(teacher_dir, [TokenStore(other_codec)], "train", 8, 75, seed=0)

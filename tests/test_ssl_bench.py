@@ -67,6 +67,25 @@ def test_every_setting_of_the_readme_gets_jobs_of_its_own():
     assert len({sb.results_name(sb.parse_args(argv)) for argv in settings}) == len(settings)
 
 
+def test_a_variant_with_a_teacher_pretrains_the_teacher_of_its_seed_first_and_passes_its_model(tmp_path, monkeypatch):
+    commands = []
+
+    def run_pretraining(cmd, log, threads):  # records the command and leaves the model a finished run leaves
+        commands.append(cmd)
+        model = Path(cmd[cmd.index("--output-dir") + 1]) / "model"
+        model.mkdir(parents=True)
+        (model / "model.safetensors").touch()
+
+    monkeypatch.setattr(sb, "run", run_pretraining)
+    args = sb.parse_args(["--work", str(tmp_path), "--recipe", "hubert"])
+    assert sb.pretrain(args, "hubert", 1, threads=1) == tmp_path / "runs" / "pre-hubert-s1" / "model"
+    assert [Path(c[c.index("--output-dir") + 1]).name for c in commands] == ["pre-span25-s1", "pre-hubert-s1"]
+    assert commands[1][commands[1].index("--teacher") + 1] == str(tmp_path / "runs" / "pre-span25-s1" / "model")
+    assert "--teacher" not in commands[0]
+    sb.pretrain(args, "hubert", 1, threads=1)
+    assert len(commands) == 2  # both cached now
+
+
 JOB = """import pathlib, sys, time
 pathlib.Path(sys.argv[1]).touch()
 with open(sys.argv[2], "a") as runs:

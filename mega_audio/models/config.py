@@ -27,6 +27,7 @@ class ModelConfig:
     conv_kernel: int = 31  # frames seen by the depthwise convs of summary_mixing and branchformer blocks (~0.4 s)
     mel_bins: int = 0  # > 0: a linear head predicts this many log-mel bins of each frame from its global state
     contrastive_dim: int = 0  # > 0: an MLP projects each clip's pooled global state to this size for the contrastive loss
+    teacher_clusters: int = 0  # > 0: a linear head predicts each frame's cluster of a teacher's states (HuBERT-style)
 
     def __post_init__(self):
         if self.global_mixer not in GLOBAL_MIXERS:

@@ -156,6 +156,14 @@ def mel_loss(predicted: torch.Tensor, features: torch.Tensor, targets: torch.Ten
     return (error * masked).sum() / masked.sum().clamp(min=1.0)
 
 
+def masked_frame_cross_entropy(logits: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of per-frame logits (B, T, K) against per-frame classes (B, T) at the masked frames (any level
+    masked); targets: (B, T, n_q) from mask_tokens. Padded frames are never masked, so they never count."""
+    masked = (targets != IGNORE_INDEX).any(dim=-1).float()  # (B, T); no host sync, 0 when nothing is masked
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), classes.flatten().long(), reduction="none")
+    return (loss * masked.flatten()).sum() / masked.sum().clamp(min=1.0)
+
+
 def clip_halves(x: torch.Tensor) -> torch.Tensor:
     """(B, T, ...) -> (2B, T // 2, ...): every clip's first halves, then its second halves, as clips of their own.
     Two views of one clip for the contrastive loss: row i and row i + B come from the same clip."""

@@ -11,7 +11,7 @@ from einops import rearrange
 from .checkpoint import Pretrained
 from .config import ModelConfig
 from .layers import Encoder, LevelEmbedding, LevelHeads, attention_valid_mask, init_weights, masked_mean
-from .masking import contrastive_loss, masked_token_loss, mel_loss
+from .masking import contrastive_loss, masked_frame_cross_entropy, masked_token_loss, mel_loss
 
 
 class GlobalEncoder(nn.Module):
@@ -86,18 +86,23 @@ class MegaAudioFormer(Pretrained, nn.Module):
         self.contrastive_head = nn.Sequential(
             nn.Linear(config.d_global, config.d_global), nn.GELU(), nn.Linear(config.d_global, config.contrastive_dim),
         ) if config.contrastive_dim else None
+        # the teacher's clusters (pre-training only): which of a teacher's k-means clusters each masked frame falls in
+        self.cluster_head = nn.Linear(config.d_global, config.teacher_clusters) if config.teacher_clusters else None
         init_weights(self.global_encoder, config.n_global_layers)
         init_weights(self.local_encoder, config.n_local_layers)
 
     def forward(self, codes: torch.Tensor, padding_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                features: torch.Tensor | None = None, mel_weight: float = 1.0, contrastive_weight: float = 0.0):
+                features: torch.Tensor | None = None, mel_weight: float = 1.0, contrastive_weight: float = 0.0,
+                clusters: torch.Tensor | None = None, cluster_weight: float = 1.0):
         """codes: (B, T, n_q), padding_mask: (B, T) True = valid -> (logits (B, T, n_q, V), None).
 
         With targets (from mask_tokens) -> (accuracy, loss) over the masked tokens only: the output heads run on
         the masked tokens alone, a chunk at a time, and their logits are never all in memory (masked_token_loss).
         With features (B, T, mel_bins) too, the loss adds mel_weight x the MSE of the mel head at the masked frames.
         With contrastive_weight > 0, rows i and i + B/2 are the two halves of one clip (clip_halves), and the loss
-        adds contrastive_weight x the InfoNCE of their pooled global states."""
+        adds contrastive_weight x the InfoNCE of their pooled global states. With clusters (B, T) (a teacher's
+        cluster of every frame of the unmasked input, `ClusterTeacher`), it adds cluster_weight x the cluster head's
+        cross-entropy at the masked frames."""
         tokens = self.global_encoder.embed(codes, padding_mask)  # (B, T, n_q, d_token)
         frames = self.global_encoder.encode(tokens, padding_mask)  # (B, T, d_global)
         states = self.local_encoder(tokens, frames)  # (B * T, n_q, d_local)
@@ -107,6 +112,8 @@ class MegaAudioFormer(Pretrained, nn.Module):
                 loss = loss + mel_weight * self.masked_mel_loss(frames, features, targets, padding_mask)
             if contrastive_weight:
                 loss = loss + contrastive_weight * self.clip_contrastive_loss(frames, padding_mask)
+            if clusters is not None:
+                loss = loss + cluster_weight * self.masked_cluster_loss(frames, clusters, targets)
             return accuracy, loss
         return rearrange(self.local_encoder.heads(states), "(b t) q v -> b t q v", b=codes.shape[0]), None
 
@@ -117,6 +124,14 @@ class MegaAudioFormer(Pretrained, nn.Module):
             raise ValueError("this model has no mel head (config mel_bins=0): build it with mel_bins = the stored "
                              "features' bins to train with a mel loss")
         return mel_loss(self.mel_head(frames), features, targets, padding_mask)
+
+    def masked_cluster_loss(self, frames: torch.Tensor, clusters: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The cluster head's cross-entropy at the masked frames; frames: global states (B, T, d_global) of the masked
+        input, clusters: (B, T) the teacher's cluster ids."""
+        if self.cluster_head is None:
+            raise ValueError("this model has no cluster head (config teacher_clusters=0): build it with "
+                             "teacher_clusters = the teacher's k to train on a teacher's clusters")
+        return masked_frame_cross_entropy(self.cluster_head(frames), clusters, targets)
 
     def clip_contrastive_loss(self, frames: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """InfoNCE between the two halves of each clip; frames: global states (2B, T, d_global) of the masked input."""

@@ -38,6 +38,7 @@ from .loop import (
     tracker_kwargs,
 )
 from .resume import find_resume, save_training_state, weights_digest
+from .teacher import ClusterTeacher, fit_teacher
 
 
 @dataclass
@@ -85,6 +86,11 @@ class PretrainConfig:
                                    "(a tilt and three bumps over the mel bins) each time it is read, from its stored "
                                    "log-mels: every sound is seen through many EQs (bestrq stores tokenized with "
                                    "--store-features logmel; see README: 'Does pre-training help?')", min=0)
+    teacher: str | None = option(None, "a pre-trained model dir: a head on the global states also predicts, for every "
+                                       "masked frame, its cluster of this model's frame states (k-means when the run "
+                                       "starts): HuBERT's second iteration (see README: 'Does pre-training help?')")
+    teacher_clusters: int = option(100, "k of the teacher's k-means", min=2)
+    teacher_weight: float = option(1.0, "the teacher's cluster loss is added with this weight", above=0)
     seed: int = option(0, "seeds the model init, the data order, the crops and the masks")
     num_workers: int = option(2, "DataLoader workers per process", min=0)
     shuffle_buffer: int = option(1000, "clips in each worker's shuffle buffer", min=1)
@@ -221,7 +227,8 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
     else:
         model = MegaAudioFormer(model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
                                              global_block=cfg.global_block, mel_bins=n_mels,
-                                             contrastive_dim=CONTRASTIVE_DIM if cfg.contrastive_weight > 0 else 0))
+                                             contrastive_dim=CONTRASTIVE_DIM if cfg.contrastive_weight > 0 else 0,
+                                             teacher_clusters=cfg.teacher_clusters if cfg.teacher else 0))
     if model.config.mel_bins != n_mels and n_mels:
         raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
                          f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
@@ -233,6 +240,13 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
                          "--contrastive-weight 0 or start a new run")
     if model.config.contrastive_dim and not contrastive:
         drop_head(model, "contrastive_head", "contrastive_dim", "contrastive loss", "--contrastive-weight",
+                  resume_state is not None)
+    clusters = cfg.teacher_clusters if cfg.teacher else 0
+    if clusters and model.config.teacher_clusters != clusters:
+        raise ValueError(f"--teacher with --teacher-clusters {clusters} needs a cluster head of that size; the model "
+                         f"to continue has {model.config.teacher_clusters or 'none'}: start a new run")
+    if model.config.teacher_clusters and not clusters:
+        drop_head(model, "cluster_head", "teacher_clusters", "teacher's cluster loss", "--teacher",
                   resume_state is not None)
     return model, model.config
 
@@ -294,8 +308,7 @@ def make_loaders(cfg: PretrainConfig, stores: list[TokenStore], weights: list[fl
 
 
 def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainConfig, mask_id: int, frame_rate: float,
-               debug=None,
-               run_start: int = 0) -> tuple[torch.Tensor, int]:
+               debug=None, run_start: int = 0, teacher: ClusterTeacher | None = None) -> tuple[torch.Tensor, int]:
     """cfg.grad_accum micro-batches and one optimizer step. Returns (loss sum, micro-batches, valid frames) on the
     device, for logging without a sync, and the valid frames as a host int."""
     set_lr(optimizer, lr_at(step, cfg))
@@ -309,11 +322,13 @@ def train_step(step: int, batches, model, optimizer, accelerator, cfg: PretrainC
         codes = codes.to(accelerator.device, non_blocking=True).long()  # (B, T, n_q)
         padding_mask = None if valid.all() else valid.to(accelerator.device, non_blocking=True)  # None: flash SDPA
         features = features.to(accelerator.device, non_blocking=True) if cfg.mel_loss_weight > 0 else None
+        clusters = teacher(codes, padding_mask) if teacher is not None else None  # from the unmasked clip
         generator = masking_generator(cfg.seed, accelerator.process_index, step, micro, accelerator.device)
         inputs, targets = mask_tokens(codes, padding_mask, cfg.mask_ratio, generator, mask_id=mask_id,
                                       **masking_options(cfg, frame_rate))
         with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
-            _, loss = model(inputs, padding_mask, targets, features, cfg.mel_loss_weight, cfg.contrastive_weight)
+            _, loss = model(inputs, padding_mask, targets, features, cfg.mel_loss_weight, cfg.contrastive_weight,
+                            clusters, cfg.teacher_weight)
             optimizer_step(accelerator, model, optimizer, loss, cfg.grad_clip)
         n_valid = int(valid.sum())
         frames += n_valid
@@ -361,6 +376,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
                           f"order differs from an uninterrupted run")
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
     batches, eval_loader, n_eval = make_loaders(cfg, stores, weights, accelerator, model_cfg.pad_id, start_step)
+    teacher = fit_teacher(cfg.teacher, stores, cfg.train_split, cfg.teacher_clusters,
+                          round(cfg.max_seconds * codec["frame_rate"]), cfg.seed, device=accelerator.device) \
+        if cfg.teacher else None
     # evaluation runs the bare model (no DDP hooks, so ranks need not agree on batch counts); FSDP needs the wrapper
     eval_model = model if accelerator.distributed_type == "FSDP" else accelerator.unwrap_model(model, keep_torch_compile=False)
 
@@ -390,7 +408,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     bar = progress_bar(accelerator, cfg.max_steps, "pretrain", initial=start_step)
     for step in range(start_step, cfg.max_steps):
         totals, frames = train_step(step, batches, model, optimizer, accelerator, cfg, model_cfg.mask_id,
-                                    codec["frame_rate"], debug, start_step)
+                                    codec["frame_rate"], debug, start_step, teacher)
         window += totals
         frames_seen += frames
         done = step + 1
@@ -445,7 +463,8 @@ def export(accelerator, model, model_cfg: ModelConfig, output_dir: Path, codec: 
             "step": step, "data": cfg.data, "max_frames": round(cfg.max_seconds * codec["frame_rate"]),
             "mask_ratio": cfg.mask_ratio, "mask_unit": cfg.mask_unit, "mask_span_ms": cfg.mask_span_ms,
             "mask_start_prob": cfg.mask_start_prob, "mel_loss_weight": cfg.mel_loss_weight,
-            "contrastive_weight": cfg.contrastive_weight, "colour_db": cfg.colour_db,
+            "contrastive_weight": cfg.contrastive_weight, "colour_db": cfg.colour_db, "teacher": cfg.teacher and {
+                "model": cfg.teacher, "clusters": cfg.teacher_clusters, "weight": cfg.teacher_weight},
             "lr_schedule": lr_schedule(cfg), "continued_from": continued_from, "eval": eval_metrics}})
     accelerator.wait_for_everyone()
     return export_dir
