@@ -152,16 +152,20 @@ def mel_loss(predicted: torch.Tensor, features: torch.Tensor, targets: torch.Ten
     mean = masked_mean(features, padding_mask).mean(-1)[:, None, None]  # one per clip, over valid frames and bins
     std = masked_mean((features - mean).square(), padding_mask).mean(-1).sqrt()[:, None, None]
     error = (predicted.float() - (features - mean) / (std + 1e-5)).square().mean(-1)  # (B, T)
+    return masked_frame_mean(error, targets)
+
+
+def masked_frame_mean(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean of per-frame values (B, T) over the masked frames (any level masked); targets: (B, T, n_q) from
+    mask_tokens. Padded frames are never masked, so they never count."""
     masked = (targets != IGNORE_INDEX).any(dim=-1).float()  # (B, T); no host sync, 0 when nothing is masked
-    return (error * masked).sum() / masked.sum().clamp(min=1.0)
+    return (values * masked).sum() / masked.sum().clamp(min=1.0)
 
 
 def masked_frame_cross_entropy(logits: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of per-frame logits (B, T, K) against per-frame classes (B, T) at the masked frames (any level
-    masked); targets: (B, T, n_q) from mask_tokens. Padded frames are never masked, so they never count."""
-    masked = (targets != IGNORE_INDEX).any(dim=-1).float()  # (B, T); no host sync, 0 when nothing is masked
+    """Cross-entropy of per-frame logits (B, T, K) against per-frame classes (B, T) at the masked frames."""
     loss = F.cross_entropy(logits.flatten(0, 1).float(), classes.flatten().long(), reduction="none")
-    return (loss * masked.flatten()).sum() / masked.sum().clamp(min=1.0)
+    return masked_frame_mean(loss.view(classes.shape), targets)
 
 
 def clip_halves(x: torch.Tensor) -> torch.Tensor:

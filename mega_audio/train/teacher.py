@@ -12,6 +12,7 @@ evenly over the training split), seeded, so a resumed run on the same data fits 
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -72,13 +73,21 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torc
 
 
 def spread_clips(stores: list[TokenStore], split: str, n_clips: int, max_frames: int) -> list[torch.Tensor]:
-    """Up to n_clips clips' codes (each its first max_frames frames), every store's split sampled at an even stride."""
+    """Up to n_clips clips' codes (each its first max_frames frames), every store's split sampled at an even stride.
+    Only the shards that hold a picked clip are read, each up to its last pick: on a store of millions of clips the
+    teacher's start-up reads a few hundred clips, not the store."""
     clips = []
     for store in stores:
-        stride = max(1, store.num_samples(split) * len(stores) // n_clips)
-        clips += [torch.from_numpy(codes[:max_frames].astype("int64"))
-                  for i, (codes, _) in enumerate(store.iter_samples(split)) if i % stride == 0]
-    return clips[:n_clips]
+        shards = store.shards(split)
+        stride = max(1, sum(s.n for s in shards) * len(stores) // n_clips)
+        first = 0  # the store-wide index of the shard's first clip
+        for shard in shards:
+            picks = range(-first % stride, shard.n, stride)[:n_clips - len(clips)]  # store-wide multiples of stride
+            samples = islice(store.iter_samples(split, [shard]), picks[-1] + 1) if picks else ()
+            clips += [torch.from_numpy(codes[:max_frames].astype("int64"))
+                      for i, (codes, _) in enumerate(samples) if i in picks]
+            first += shard.n
+    return clips
 
 
 def fit_teacher(model_dir: str | Path, stores: list[TokenStore], split: str, n_clusters: int, max_frames: int,
