@@ -84,6 +84,7 @@ ABLATION_STEPS = 500
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 VARIANTS = {
     "token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),  # the paper's recipe
+    "token25-2000": Variant(("--mask-unit", "token", "--mask-ratio", "0.25")),  # the same at the protocol's steps
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
     "span25": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),
     "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0, steps=ABLATION_STEPS),
