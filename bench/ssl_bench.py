@@ -85,6 +85,7 @@ DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --st
 VARIANTS = {
     "token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),  # the paper's recipe
     "token25-2000": Variant(("--mask-unit", "token", "--mask-ratio", "0.25")),  # the same at the protocol's steps
+    "token50": Variant(("--mask-unit", "token", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),  # a harder token task
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
     "span25": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),
     "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0, steps=ABLATION_STEPS),
