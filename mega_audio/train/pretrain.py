@@ -219,6 +219,7 @@ CONTRASTIVE_DIM = 128  # the projection the contrastive loss compares (SimCLR us
 
 def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
                 n_mels: int = 0) -> tuple[MegaAudioFormer, ModelConfig]:
+    contrastive, clusters = cfg.contrastive_weight > 0, cfg.teacher_clusters if cfg.teacher else 0  # the heads it needs
     if resume_state is not None:  # the checkpoint's architecture, whatever the preset flags say now
         model_cfg = ModelConfig.from_dict(resume_state["model"])
         model = MegaAudioFormer(model_cfg)
@@ -227,21 +228,19 @@ def build_model(cfg: PretrainConfig, codec: dict, resume_state: dict | None,
     else:
         model = MegaAudioFormer(model_config(cfg.model, codec["n_q"], codec["codebook_size"], global_mixer=cfg.global_mixer,
                                              global_block=cfg.global_block, mel_bins=n_mels,
-                                             contrastive_dim=CONTRASTIVE_DIM if cfg.contrastive_weight > 0 else 0,
-                                             teacher_clusters=cfg.teacher_clusters if cfg.teacher else 0))
+                                             contrastive_dim=CONTRASTIVE_DIM if contrastive else 0,
+                                             teacher_clusters=clusters))
     if model.config.mel_bins != n_mels and n_mels:
         raise ValueError(f"--mel-loss-weight needs a mel head of {n_mels} bins; the model to continue has "
                          f"{model.config.mel_bins or 'none'}: pass --mel-loss-weight 0 or start a new run")
     if model.config.mel_bins and not n_mels:
         drop_head(model, "mel_head", "mel_bins", "mel loss", "--mel-loss-weight", resume_state is not None)
-    contrastive = cfg.contrastive_weight > 0
     if contrastive and not model.config.contrastive_dim:
         raise ValueError("--contrastive-weight needs a contrastive head, and the model to continue has none: pass "
                          "--contrastive-weight 0 or start a new run")
     if model.config.contrastive_dim and not contrastive:
         drop_head(model, "contrastive_head", "contrastive_dim", "contrastive loss", "--contrastive-weight",
                   resume_state is not None)
-    clusters = cfg.teacher_clusters if cfg.teacher else 0
     if clusters and model.config.teacher_clusters != clusters:
         raise ValueError(f"--teacher with --teacher-clusters {clusters} needs a cluster head of that size; the model "
                          f"to continue has {model.config.teacher_clusters or 'none'}: start a new run")
