@@ -97,6 +97,9 @@ VARIANTS = {
     "mel": Variant(("--mel-loss-weight", "1"), features="logmel"),
     # every clip re-tokenized under a random EQ each time it is read (from the pool's stored log-mels): many renderings
     "colour": Variant(("--colour-db", "6"), features="logmel"),
+    # the two that each lifted the frozen probe on the unseen soundfont, together: single tokens under a random EQ
+    "token25-colour": Variant(("--mask-unit", "token", "--mask-ratio", "0.25", "--colour-db", "6"), features="logmel",
+                              steps=ABLATION_STEPS),
     # HuBERT's second iteration: span25 again, plus each masked frame's cluster (k-means, k = 100) of span25's states
     "hubert": Variant(("--mask-unit", "span", "--mask-ratio", "0.25", "--teacher-clusters", "100"),
                       steps=ABLATION_STEPS, teacher="span25"),
