@@ -91,6 +91,7 @@ VARIANTS = {
     "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0, steps=ABLATION_STEPS),
     "steps500": Variant(steps=ABLATION_STEPS),  # the shipped masking (spans over 50%) at 500 steps: the rows' reference
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
+    "mini-token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), model="mini", steps=ABLATION_STEPS),
     "contrastive": Variant(("--contrastive-weight", "1"), steps=ABLATION_STEPS),  # + halves of a clip must match
     "contrastive0.2": Variant(("--contrastive-weight", "0.2"), steps=ABLATION_STEPS),
     # + predict the standardised log-mel of masked frames: a continuous target with the spectral detail 2 codes lose
