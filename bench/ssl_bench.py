@@ -82,16 +82,18 @@ class Variant:
 DEFAULT_SEEDS = [0, 1, 2]
 ABLATION_STEPS = 500
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
+TOKEN25 = ("--mask-unit", "token", "--mask-ratio", "0.25")  # the paper's masking: 25% of single tokens
+SPAN25 = ("--mask-unit", "span", "--mask-ratio", "0.25")  # 400 ms spans over 25% of the frames
 VARIANTS = {
-    "token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),  # the paper's recipe
-    "token25-2000": Variant(("--mask-unit", "token", "--mask-ratio", "0.25")),  # the same at the protocol's steps
+    "token25": Variant(TOKEN25, steps=ABLATION_STEPS),  # the paper's recipe
+    "token25-2000": Variant(TOKEN25),  # the same at the protocol's steps
     "token50": Variant(("--mask-unit", "token", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),  # a harder token task
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
-    "span25": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), steps=ABLATION_STEPS),
-    "span25-12kbps": Variant(("--mask-unit", "span", "--mask-ratio", "0.25"), kbps=12.0, steps=ABLATION_STEPS),
+    "span25": Variant(SPAN25, steps=ABLATION_STEPS),
+    "span25-12kbps": Variant(SPAN25, kbps=12.0, steps=ABLATION_STEPS),
     "steps500": Variant(steps=ABLATION_STEPS),  # the shipped masking (spans over 50%) at 500 steps: the rows' reference
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
-    "mini-token25": Variant(("--mask-unit", "token", "--mask-ratio", "0.25"), model="mini", steps=ABLATION_STEPS),
+    "mini-token25": Variant(TOKEN25, model="mini", steps=ABLATION_STEPS),  # the paper's masking at that size
     "contrastive": Variant(("--contrastive-weight", "1"), steps=ABLATION_STEPS),  # + halves of a clip must match
     "contrastive0.2": Variant(("--contrastive-weight", "0.2"), steps=ABLATION_STEPS),
     # + predict the standardised log-mel of masked frames: a continuous target with the spectral detail 2 codes lose
@@ -99,11 +101,9 @@ VARIANTS = {
     # every clip re-tokenized under a random EQ each time it is read (from the pool's stored log-mels): many renderings
     "colour": Variant(("--colour-db", "6"), features="logmel"),
     # the two that each lifted the frozen probe on the unseen soundfont, together: single tokens under a random EQ
-    "token25-colour": Variant(("--mask-unit", "token", "--mask-ratio", "0.25", "--colour-db", "6"), features="logmel",
-                              steps=ABLATION_STEPS),
+    "token25-colour": Variant((*TOKEN25, "--colour-db", "6"), features="logmel", steps=ABLATION_STEPS),
     # HuBERT's second iteration: span25 again, plus each masked frame's cluster (k-means, k = 100) of span25's states
-    "hubert": Variant(("--mask-unit", "span", "--mask-ratio", "0.25", "--teacher-clusters", "100"),
-                      steps=ABLATION_STEPS, teacher="span25"),
+    "hubert": Variant((*SPAN25, "--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher="span25"),
     # the same with a stronger teacher: the shipped recipe's model (2,000 steps), the shipped masking, 500 steps more
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
 }
