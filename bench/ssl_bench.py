@@ -91,6 +91,7 @@ VARIANTS = {
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
     "span25": Variant(SPAN25, steps=ABLATION_STEPS),
     "span25-12kbps": Variant(SPAN25, kbps=12.0, steps=ABLATION_STEPS),
+    "token25-12kbps": Variant(TOKEN25, kbps=12.0, steps=ABLATION_STEPS),  # does the paper's masking use 16 codebooks?
     "steps500": Variant(steps=ABLATION_STEPS),  # the shipped masking (spans over 50%) at 500 steps: the rows' reference
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
     "mini-token25": Variant(TOKEN25, model="mini", steps=ABLATION_STEPS),  # the paper's masking at that size
@@ -254,23 +255,76 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     return json.loads(results.read_text())
 
 
-def bag_of_tokens(store: Path, seed: int) -> dict:
-    """Logistic regression on each clip's code histogram per level (square-rooted frequencies), C picked on valid."""
+def _histograms(codes: np.ndarray, size: int) -> np.ndarray:
+    """Each level's code frequencies, side by side."""
+    counts = [np.bincount(codes[:, q], minlength=size) for q in range(codes.shape[1])]
+    return np.concatenate(counts) / max(len(codes), 1)
+
+
+def _pair_frequencies(first: np.ndarray, second: np.ndarray, size: int):
+    """Frequencies of the code pairs (first[i], second[i]) as one sparse row of size * size (duplicates add up)."""
+    from scipy import sparse
+
+    rows = np.zeros(len(first), dtype=np.int64)
+    frequencies = np.full(len(first), 1 / max(len(first), 1))
+    return sparse.csr_matrix((frequencies, (rows, first * size + second)), shape=(1, size * size))
+
+
+# What the bag counts per clip. `unigram` is the baseline; the others ask whether the tokens hold more about a class
+# than their histogram does, which is the most a learned model could add over the bag with a linear read-out.
+BAG_STATISTICS = {
+    "unigram": _histograms,
+    "segments": lambda c, k: np.concatenate([_histograms(part, k) for part in np.array_split(c, 4)]),  # per quarter
+    "joint": lambda c, k: _pair_frequencies(c[:, 0], c[:, 1], k),  # levels 0 and 1 of one frame together
+    "bigram": lambda c, k: _pair_frequencies(c[:-1, 0], c[1:, 0], k),  # level 0 of a frame, then of the next
+}
+BAG_STATISTIC_NAMES = {"unigram": "code histogram per level (the baseline)",
+                       "segments": "histograms of the four quarters of the clip (attack, decay)",
+                       "joint": "joint codes of levels 0 and 1 per frame",
+                       "bigram": "level-0 codes of consecutive frames"}
+
+
+def bag_of_tokens(store: Path, seed: int, statistic: str = "unigram") -> dict:
+    """Logistic regression on each clip's code statistic (square-rooted frequencies), C picked on valid."""
+    from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
     from mega_audio.data.store import TokenStore
 
-    ts = TokenStore(store)
+    ts, count = TokenStore(store), BAG_STATISTICS[statistic]
     x, y = {}, {}
     for split in ("train", "valid", "test"):
-        rows = [(np.concatenate([np.bincount(codes[:, q].astype(np.int64), minlength=ts.codebook_size)
-                                 for q in range(codes.shape[1])]) / max(len(codes), 1), meta["labels"][0])
+        rows = [(count(codes.astype(np.int64), ts.codebook_size), meta["labels"][0])
                 for codes, meta in ts.iter_samples(split)]
-        x[split], y[split] = np.sqrt(np.stack([r[0] for r in rows])), np.array([r[1] for r in rows])
+        features = [r[0] for r in rows]
+        x[split] = sparse.vstack(features).tocsr().sqrt() if sparse.issparse(features[0]) \
+            else np.sqrt(np.stack(features))
+        y[split] = np.array([r[1] for r in rows])
     fits = [LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x["train"], y["train"]) for c in (0.01, 0.1, 1)]
     best = max(fits, key=lambda f: (f.predict(x["valid"]) == y["valid"]).mean())
     return {"metrics": {split: {"accuracy": float((best.predict(x[split]) == y[split]).mean())} for split in ("valid", "test")},
             "C": best.C}
+
+
+def bag_statistics(args) -> None:
+    """--bag-statistics: the bag of tokens on each of BAG_STATISTICS, on the instrument-family tokens at --bitrate."""
+    from tqdm import tqdm
+
+    start, store = time.time(), tokenize(args, "nsynth", "nsynth", args.bitrate)
+    rows = {s: bag_of_tokens(store, DEFAULT_SEEDS[0], s) for s in tqdm(BAG_STATISTICS, desc="bag statistics")}
+    flags = ["--bag-statistics", *(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else [])]
+    lines = [f"# Do the tokens hold more than their histogram? (instrument family, BEST-RQ at {args.bitrate:g} kbps)",
+             "", f"`python bench/ssl_bench.py {' '.join(flags)}`: logistic regression on one statistic of each clip's "
+             "codes (square-rooted frequencies, C picked on valid from 0.01, 0.1 and 1), as the bag of tokens. "
+             "Accuracy (%) on held-out programs of the training soundfonts (valid) and on the unseen soundfont (test).",
+             "", "| what the bag counts | valid | test |", "|---|---:|---:|"]
+    lines += [f"| {BAG_STATISTIC_NAMES[s]} | {100 * r['metrics']['valid']['accuracy']:.1f} | "
+              f"{100 * r['metrics']['test']['accuracy']:.1f} |" for s, r in rows.items()]
+    name = "_".join(["ssl_bag_statistics", *setting_changes(args, DEFAULT_VARIANT, ("kbps",))])
+    summary = {"statistics": rows, "bitrate": args.bitrate, "device": "cpu"}
+    write_json(summary, HERE / "results" / name).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"bench-ssl: wrote bench/results/{name}.json and .md in {(time.time() - start) / 60:.0f} min")
 
 
 def _std(values: list[float]) -> float:
@@ -407,6 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--gpu", action="store_true", help="the `small` model and 4x the steps")
     parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
+    parser.add_argument("--bag-statistics", action="store_true",
+                        help="the bag of tokens on richer statistics of the instrument-family codes (time quarters, "
+                             "joint levels, bigrams) instead of the protocol: do they hold more than the histogram?")
     parser.add_argument("--variants", nargs="*", default=[*VARIANTS, DEFAULT_VARIANT],
                         choices=[*VARIANTS, DEFAULT_VARIANT])
     parser.add_argument("--recipe", default=DEFAULT_VARIANT, choices=[DEFAULT_VARIANT] + list(VARIANTS),
@@ -430,6 +487,8 @@ def results_name(args) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.bag_statistics:
+        return bag_statistics(args)
     recipe = recipe_of(args, args.recipe)
     start = time.time()
     for t in args.tasks:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _spec = importlib.util.spec_from_file_location("ssl_bench", Path(__file__).parent.parent / "bench" / "ssl_bench.py")
@@ -137,3 +138,20 @@ def test_a_killed_bench_leaves_no_lock_behind(tmp_path):
     again = start_bench(tmp_path, seconds=0)
     assert again.wait(timeout=60) == 0  # would wait forever on a stale lock
     assert (tmp_path / "runs.txt").read_text() == "ran\nran\n" and (tmp_path / "done").exists()
+
+
+def test_the_bag_statistics_see_what_the_histogram_cannot():
+    """Two clips with the same codes in reverse order: one histogram, but other quarters and other bigrams; and
+    per-frame pairs tell apart clips whose levels are each the same bag."""
+    rising = np.stack([np.arange(8), np.arange(8) % 2], axis=1)  # (frames, levels)
+    falling = rising[::-1]
+    count = sb.BAG_STATISTICS
+    np.testing.assert_array_equal(count["unigram"](rising, 8), count["unigram"](falling, 8))
+    assert count["unigram"](rising, 8).sum() == pytest.approx(2.0)  # one distribution per level
+    assert not np.array_equal(count["segments"](rising, 8), count["segments"](falling, 8))
+    assert (count["bigram"](rising, 8) != count["bigram"](falling, 8)).nnz > 0
+    shuffled_level = np.stack([rising[:, 0], rising[::-1, 1]], axis=1)  # level 1's bag unchanged, its pairing not
+    np.testing.assert_array_equal(count["unigram"](rising, 8), count["unigram"](shuffled_level, 8))
+    assert (count["joint"](rising, 8) != count["joint"](shuffled_level, 8)).nnz > 0
+    repeated = np.zeros((4, 2), dtype=np.int64)  # one pair four times: its frequency adds up to 1
+    assert count["joint"](repeated, 8).sum() == pytest.approx(1.0) and count["joint"](repeated, 8).nnz == 1
