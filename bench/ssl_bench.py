@@ -11,6 +11,8 @@ than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-c
 that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*). `--bitrate`, `--model`,
 `--steps`, `--gpu` and `--lr` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*,
 `--gpu` ssl_smallmodel_8000steps.*), so that no cached run of another setting is taken for one of theirs.
+`--bag-statistics` fits only the bag of tokens, on richer statistics of the instrument-family codes than their
+histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than the bag a linear read-out could find.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
@@ -91,7 +93,7 @@ VARIANTS = {
     "frame50": Variant(("--mask-unit", "frame", "--mask-ratio", "0.5"), steps=ABLATION_STEPS),
     "span25": Variant(SPAN25, steps=ABLATION_STEPS),
     "span25-12kbps": Variant(SPAN25, kbps=12.0, steps=ABLATION_STEPS),
-    "token25-12kbps": Variant(TOKEN25, kbps=12.0, steps=ABLATION_STEPS),  # does the paper's masking use 16 codebooks?
+    "token25-12kbps": Variant(TOKEN25, kbps=12.0, steps=ABLATION_STEPS),  # the paper's masking with 16 codebooks
     "steps500": Variant(steps=ABLATION_STEPS),  # the shipped masking (spans over 50%) at 500 steps: the rows' reference
     "mini": Variant(model="mini", steps=ABLATION_STEPS),  # the same at the next size up (4 x 256 global layers)
     "mini-token25": Variant(TOKEN25, model="mini", steps=ABLATION_STEPS),  # the paper's masking at that size
@@ -490,7 +492,8 @@ def results_name(args) -> str:
 def main() -> None:
     args = parse_args()
     if args.bag_statistics:
-        return bag_statistics(args)
+        bag_statistics(args)
+        return
     recipe = recipe_of(args, args.recipe)
     start = time.time()
     for t in args.tasks:
