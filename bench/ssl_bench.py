@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -286,19 +287,26 @@ BAG_STATISTIC_NAMES = {"unigram": "code histogram per level (the baseline)",
                        "bigram": "level-0 codes of consecutive frames"}
 
 
+@lru_cache(maxsize=1)  # --bag-statistics fits one store four times: read it once
+def _labelled_codes(store: Path) -> tuple[dict[str, list[tuple[np.ndarray, str]]], int]:
+    """({split: [(codes (T, n_q) int64, label)]} for train / valid / test, codebook size) of a labelled store."""
+    from mega_audio.data.store import TokenStore
+
+    ts = TokenStore(store)
+    clips = {split: [(codes.astype(np.int64), meta["labels"][0]) for codes, meta in ts.iter_samples(split)]
+             for split in ("train", "valid", "test")}
+    return clips, ts.codebook_size
+
+
 def bag_of_tokens(store: Path, seed: int, statistic: str = "unigram") -> dict:
     """Logistic regression on each clip's code statistic (square-rooted frequencies), C picked on valid."""
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
-    from mega_audio.data.store import TokenStore
-
-    ts, count = TokenStore(store), BAG_STATISTICS[statistic]
+    clips, size, count = *_labelled_codes(store), BAG_STATISTICS[statistic]
     x, y = {}, {}
-    for split in ("train", "valid", "test"):
-        rows = [(count(codes.astype(np.int64), ts.codebook_size), meta["labels"][0])
-                for codes, meta in ts.iter_samples(split)]
-        features = [r[0] for r in rows]
+    for split, rows in clips.items():
+        features = [count(codes, size) for codes, _ in rows]
         x[split] = sparse.vstack(features).tocsr().sqrt() if sparse.issparse(features[0]) \
             else np.sqrt(np.stack(features))
         y[split] = np.array([r[1] for r in rows])
