@@ -10,13 +10,13 @@ variant (one seed) and scores each with the frozen probe and fine-tuning: bench/
 than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
 that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ftcolour<D>.*). `--bitrate`, `--model`,
 `--steps`, `--gpu` and `--lr` name their runs and results by what they change (`--bitrate 12` writes ssl_12kbps.*,
-`--gpu` ssl_smallmodel_8000steps.*), so that no cached run of another setting is taken for one of theirs.
+`--gpu` ssl_smallmodel_8000steps_cuda.*), so that no cached run of another setting is taken for one of theirs.
 `--bag-statistics` fits only the bag of tokens, on richer statistics of the instrument-family codes than their
 histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than the bag a linear read-out could find.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
     make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
-    python bench/ssl_bench.py --gpu          # the `small` model and 4x the steps, on a GPU machine
+    python bench/ssl_bench.py --gpu          # on the GPU: the `small` model and 4x the steps (--jobs 6 on one H100)
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
 resumes where it stopped. --jobs N runs N jobs side by side with cores / N threads each. Benches may share a --work
@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT)]  # bench/common.py, and this checkout's mega_audio (installed or not)
 
 from common import write_json  # noqa: E402
 
@@ -112,6 +112,7 @@ VARIANTS = {
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
+GPU_MODEL, GPU_STEPS = "small", 4  # --gpu: this model, and this many times the steps
 
 
 def recipe_of(args, name: str) -> Variant:
@@ -132,14 +133,31 @@ def setting_changes(args, variant: str, fields: tuple[str, ...] = ("model", "ste
 
 
 def setting_flags(args) -> list[str]:
-    """--bitrate / --model / --steps / --lr where this invocation changed them (--gpu: the model and steps it sets)."""
-    return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []),
-            *(["--model", args.model] if args.model != DEFAULT_MODEL else []),
-            *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else []),
+    """--bitrate / --model / --steps / --lr where this invocation changed them; under --gpu, `--gpu` (and the --steps
+    it multiplies, if not the protocol's) instead of the model and steps it sets, so that the command shown runs on
+    the GPU again."""
+    if args.gpu:
+        steps = args.steps // GPU_STEPS
+        size = ["--gpu", *(["--steps", str(steps)] if steps != DEFAULT_STEPS else [])]
+    else:
+        size = [*(["--model", args.model] if args.model != DEFAULT_MODEL else []),
+                *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else [])]
+    return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []), *size,
             *(["--lr", f"{args.lr:g}"] if args.lr != DEFAULT_LR else [])]
 
 
 SETTING_TITLES = {"--bitrate": "{} kbps", "--model": "{} model", "--steps": "{} steps", "--lr": "fine-tuning lr {}"}
+
+
+def setting_titles(summary: dict) -> list[str]:
+    """The table title's words for the recorded setting flags, e.g. ["12 kbps", "GPU: small model, 8000 steps"]."""
+    flags = list(summary.get("setting_flags", []))
+    gpu = "--gpu" in flags
+    if gpu:
+        flags.remove("--gpu")
+    titles = [SETTING_TITLES[flag].format(value) for flag, value in zip(flags[::2], flags[1::2])
+              if not (gpu and flag == "--steps")]
+    return titles + ([f"GPU: {summary['model']} model, {summary['steps']} steps"] if gpu else [])
 
 
 def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, settings: list[str] = ()) -> list[str]:
@@ -159,8 +177,9 @@ def shown_flags(args, name: str) -> str:
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's mega_audio first
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(ROOT)}  # this checkout's mega_audio, also for train/pretrain.py
+           "PYTHONPATH": path}
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -224,13 +243,19 @@ def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
     return args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}"
 
 
+def device_flags(args) -> list[str]:
+    """`--cpu` except under --gpu: the CPU protocol stays on the CPU (and its timings comparable) on a GPU machine."""
+    return [] if args.gpu else ["--cpu"]
+
+
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
     model = out / "model"
     teacher = ["--teacher", str(pretrain(args, r.teacher, seed, threads))] if r.teacher else []
     run_once((model / "model.safetensors").exists,
-             [sys.executable, "train/pretrain.py", "--cpu", "--data", str(store_path(args, "pool", r.kbps, r.features)),
-              "--output-dir", str(out), "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
+             [sys.executable, "train/pretrain.py", *device_flags(args),
+              "--data", str(store_path(args, "pool", r.kbps, r.features)), "--output-dir", str(out),
+              "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
               "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
               "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *teacher],
              args.work / "logs" / f"{out.name}.log", threads)
@@ -251,7 +276,7 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
     results = out / "results.json"
     run_once(results.exists,
-             cli("finetune", "--cpu", "--task", task_name, "--data", str(store), "--output-dir", str(out),
+             cli("finetune", *device_flags(args), "--task", task_name, "--data", str(store), "--output-dir", str(out),
                  "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5", "--eval-mode", "chunks", *init,
                  *recipe, *colour),
              args.work / "logs" / f"{out.name}.log", threads)
@@ -430,7 +455,7 @@ def markdown(summary: dict) -> str:
         return "\n".join(lines) + "\n"
     tasks = list(summary["tasks"])
     title = ["real audio", *([f"recipe {recipe}"] if recipe != DEFAULT_VARIANT else []),
-             *(SETTING_TITLES[flag].format(value) for flag, value in zip(settings[::2], settings[1::2])),
+             *setting_titles(summary),
              *([f"fine-tuning EQ {summary['finetune_colour_db']:g} dB"] if summary.get("finetune_colour_db") else []),
              *([f"{len(summary['seeds'])} seeds"] if summary["seeds"] != DEFAULT_SEEDS else [])]
     lines = [f"# Does pre-training help? ({', '.join(title)})", "", head,
@@ -471,7 +496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fine-tune (scratch and pre-trained alike) with `finetune --colour-db` on log-mel task "
                              "stores; the frozen probes cannot colour (writes results/ssl[_<recipe>]_ftcolour<D>.*)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--gpu", action="store_true", help="the `small` model and 4x the steps")
+    parser.add_argument("--gpu", action="store_true",
+                        help=f"on the GPU, with the `{GPU_MODEL}` model and {GPU_STEPS}x the steps (writes *_cuda.*)")
     parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
     parser.add_argument("--bag-statistics", action="store_true",
                         help="the bag of tokens on richer statistics of the instrument-family codes (time quarters, "
@@ -482,8 +508,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
     args = parser.parse_args(argv)
     if args.gpu:
-        args.model, args.steps = "small", args.steps * 4
+        args.model, args.steps = GPU_MODEL, args.steps * GPU_STEPS
     return args
+
+
+def machine(args) -> str:
+    """What the jobs ran on, for the table's head (--gpu: after main() checked that a GPU is visible)."""
+    cores = f"{os.cpu_count()} CPU cores"
+    if not args.gpu:
+        return cores
+    import torch
+
+    return f"one {torch.cuda.get_device_name()} GPU and {cores}"
 
 
 def results_name(args) -> str:
@@ -499,6 +535,11 @@ def results_name(args) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("bench-ssl: --gpu, but torch sees no GPU (torch.cuda.is_available() is False)")
     if args.bag_statistics:
         bag_statistics(args)
         return
@@ -526,8 +567,9 @@ def main() -> None:
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
                     "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": recipe.kbps,
                     "setting_flags": setting_flags(args),
-                    "device": "cpu", "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
-                    "machine": f"{os.cpu_count()} CPU cores" + (" (GPU size)" if args.gpu else "")})
+                    "device": "cuda" if args.gpu else "cpu",
+                    "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped
+                    "machine": machine(args)})
     name = results_name(args)
     text = markdown(summary)
     write_json(summary, HERE / "results" / name).with_suffix(".md").write_text(text)

@@ -68,6 +68,35 @@ def test_every_setting_of_the_readme_gets_jobs_of_its_own():
     assert len({sb.results_name(sb.parse_args(argv)) for argv in settings}) == len(settings)
 
 
+@pytest.mark.parametrize("argv, on_cpu", [([], True), (["--gpu"], False)])
+def test_the_gpu_size_runs_its_jobs_on_the_gpu_and_the_protocol_stays_on_the_cpu(tmp_path, monkeypatch, argv, on_cpu):
+    commands = []
+
+    def run_job(cmd, log, threads):  # records the command and leaves what a finished job leaves
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output-dir") + 1])
+        if "train/pretrain.py" in cmd:
+            (out / "model").mkdir(parents=True)
+            (out / "model" / "model.safetensors").touch()
+        else:
+            out.mkdir(parents=True)
+            (out / "results.json").write_text("{}")
+
+    monkeypatch.setattr(sb, "run", run_job)
+    args = sb.parse_args(["--work", str(tmp_path), *argv])
+    model = sb.pretrain(args, args.recipe, 0, threads=1)
+    for arm in ("frozen_pretrained", "finetuned"):
+        sb.finetune(args, TASK, arm, args.recipe, 0, model, threads=1)
+    assert [("--cpu" in cmd) for cmd in commands] == [on_cpu] * 3
+
+
+@pytest.mark.parametrize("argv", [["--gpu"], ["--gpu", "--steps", "500", "--bitrate", "12"], ["--model", "mini"]])
+def test_the_command_a_table_shows_makes_the_same_setting_again(argv):
+    args = sb.parse_args(argv)
+    again = sb.parse_args(sb.setting_flags(args))
+    assert (again.gpu, again.model, again.steps, again.bitrate) == (args.gpu, args.model, args.steps, args.bitrate)
+
+
 def test_a_variant_with_a_teacher_pretrains_the_teacher_of_its_seed_first_and_passes_its_model(tmp_path, monkeypatch):
     commands = []
 
