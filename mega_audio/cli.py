@@ -152,7 +152,7 @@ def run_embed(cfg) -> None:
     from .train.inference import embed
 
     print(json.dumps(embed(cfg.checkpoint, cfg.data, cfg.out, cfg.split, cfg.eval_mode, cfg.max_seconds,
-                           cfg.batch_size, cfg.safetensors)))
+                           cfg.batch_size, cfg.safetensors, cfg.probe_layer, cfg.probe_pool)))
 
 
 def run_merge(cfg) -> None:
@@ -199,7 +199,7 @@ COMMANDS: dict[str, Command] = {
                         "mega_audio.train.inference:EvaluateConfig", run_evaluate),
     "predict": Command("Label files: audio is tokenized with the checkpoint's codec, token files are used without any "
                        "decoding.", "mega_audio.train.inference:PredictConfig", run_predict),
-    "embed": Command("Mean-pooled global embeddings of every clip of a store, for your own probes.",
+    "embed": Command("Pooled global embeddings of every clip of a store (any layer), for your own probes.",
                      "mega_audio.train.inference:EmbedConfig", run_embed),
     "report": Command("Table 1: scratch / fine-tuned / + augmentation rows, a column group per task and bitrate "
                       "(markdown).", "mega_audio.train.report:ReportConfig", run_report),

@@ -353,6 +353,41 @@ def test_embed_writes_one_mean_pooled_vector_per_clip_with_ids(scratch_run, sepa
     np.testing.assert_allclose(vectors[0], first, atol=1e-5)
 
 
+def test_embed_reads_any_layer_of_a_checkpoint_with_either_parameter_free_pooling(separable_store, tmp_path, capsys):
+    export = pretrained(tmp_path / "export", separable_store, seed=0)
+    main(["embed", "--checkpoint", str(export), "--data", str(separable_store), "--out", str(tmp_path / "all"),
+          "--split", "test", "--eval-mode", "whole", "--probe-layer", "all", "--probe-pool", "stats"])
+    written = json.loads(capsys.readouterr().out)
+    every = np.load(tmp_path / "all.npy")
+    model, _ = load_classifier(export)
+    depth, d = model.config.n_global_layers, model.config.d_global
+    assert every.shape == (12, depth + 2, 2 * d) and written["dim"] == 2 * d
+    one = embed(export, separable_store, tmp_path / "one.npy", split="test", eval_mode="whole", probe_layer="1",
+                probe_pool="stats")
+    np.testing.assert_allclose(np.load(one["path"]), every[:, 1], atol=1e-5)
+    default = embed(export, separable_store, tmp_path / "default.npy", split="test", eval_mode="whole")
+    assert (default["probe_layer"], default["probe_pool"], default["dim"]) == ("last", "mean", d)
+    np.testing.assert_allclose(np.load(default["path"]), every[:, depth, :d], atol=1e-5)  # the stats' first half
+    codes = torch.from_numpy(next(TokenStore(separable_store).iter_samples("test"))[0].astype(np.int64))[None]
+    with torch.no_grad():
+        states = model.global_encoder.layer_states(codes)  # the patch embeddings, then every layer
+    np.testing.assert_allclose(every[0, 0, :d], states[0].mean(dim=1)[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(every[0, depth + 1, d:], torch.stack(states[1:]).mean(dim=0)[0].std(dim=0,
+                               unbiased=False).numpy(), atol=1e-4)
+
+
+def test_embed_will_not_read_another_layer_through_a_learned_attention_pool(separable_store, tmp_path):
+    ts = TokenStore(separable_store)
+    probe = AudioClassifier(model_config("tiny", ts.n_q, ts.codebook_size), 3, hidden=0, probe_layer="2",
+                            probe_pool="attention")
+    probe.save_pretrained(tmp_path / "probe", metadata={"codec": ts.card["codec"]})
+    with pytest.raises(ValueError, match="attention: pass --probe-pool mean or stats"):
+        embed(tmp_path / "probe", separable_store, tmp_path / "emb.npy", probe_layer="1")
+    info = embed(tmp_path / "probe", separable_store, tmp_path / "emb.npy", split="test", probe_layer="1",
+                 probe_pool="mean")
+    assert (info["probe_layer"], info["probe_pool"], np.load(info["path"]).shape) == ("1", "mean", (12, probe.config.d_global))
+
+
 def test_embed_safetensors_holds_the_same_vectors_and_the_ids(scratch_run, separable_store, tmp_path, capsys):
     from safetensors import safe_open
 

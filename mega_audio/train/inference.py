@@ -25,6 +25,9 @@ from ..models.mega import MegaAudioFormer
 from .loop import check_codec
 from .metrics import DEFAULT_EVAL_MODE, EVAL_MODES, log_loss, score
 
+EMBED_POOLS = ("mean", "stats")  # the poolings without parameters: any layer of any checkpoint can be read with them
+ALL_LAYERS = "all"
+
 
 @dataclass
 class EvaluateConfig:
@@ -56,13 +59,28 @@ class EmbedConfig:
                                          "was fine-tuned, else chunks)", choices=list(EVAL_MODES))
     max_seconds: float | None = option(None, "window for chunks (default: the checkpoint's training window)", above=0)
     batch_size: int = option(32, "clips per batch", min=1)
+    probe_layer: str | None = option(None, "the encoder layer read: last, mean (of layers 1..n), a layer number 0..n "
+                                           "(0: the patch embeddings), or all (layers 0..n, then their mean, side by "
+                                           "side: (N, n + 2, d)) (default: the checkpoint's probe layer, else last)")
+    probe_pool: str | None = option(None, "how a clip's frames become one vector: mean, or stats (every feature's mean "
+                                          "and standard deviation: 2 x d) (default: the checkpoint's, else mean)",
+                                    choices=list(EMBED_POOLS))
 
 
-def load_classifier(checkpoint: str | Path, device: str = "cpu") -> tuple[AudioClassifier, dict]:
-    """A classifier and its metadata (task, labels, codec card, window); a pre-training export gives an embedder."""
+def load_classifier(checkpoint: str | Path, device: str = "cpu", probe_layer: str | None = None,
+                    probe_pool: str | None = None) -> tuple[AudioClassifier, dict]:
+    """A classifier and its metadata (task, labels, codec card, window); a pre-training export gives an embedder.
+    probe_layer / probe_pool: an embedder of the checkpoint's encoder that reads that layer / pools that way instead
+    of the checkpoint's own (its head, fitted to another read-out, is not loaded)."""
     header = read_checkpoint_config(checkpoint)
-    n_classes = 1 if header["model_type"] == MegaAudioFormer.model_type else None
-    return AudioClassifier.from_pretrained(checkpoint, n_classes, device=device).eval(), header.get("metadata", {})
+    if header["model_type"] != MegaAudioFormer.model_type and not (probe_layer or probe_pool):
+        return AudioClassifier.from_pretrained(checkpoint, device=device).eval(), header.get("metadata", {})
+    layer, pool = probe_layer or header.get("probe_layer", "last"), probe_pool or header.get("probe_pool", "mean")
+    if pool == "attention":  # its learned pool was fitted to the checkpoint's own layer
+        raise ValueError(f"{checkpoint} pools by learned attention: pass --probe-pool mean or stats to read another "
+                         "layer")
+    model = AudioClassifier.from_pretrained(checkpoint, 1, device=device, probe_layer=layer, probe_pool=pool)
+    return model.eval(), header.get("metadata", {})
 
 
 def windows(codes: np.ndarray, max_frames: int | None, mode: str) -> list[np.ndarray]:
@@ -162,26 +180,33 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str | None = None,
           eval_mode: str | None = None, max_seconds: float | None = None, batch_size: int = 32,
-          safetensors: bool = False) -> dict[str, Any]:
-    """Mean-pooled global-encoder embeddings (N, d_global) float32 to `out` (.npy), ids/labels/splits to `out`.json,
-    and with `safetensors` both in one `out`.safetensors (for tools that do not read .npy). Long clips are read as
-    the checkpoint was trained: windows of its training length, averaged (unless whole)."""
-    model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+          safetensors: bool = False, probe_layer: str | None = None, probe_pool: str | None = None) -> dict[str, Any]:
+    """Pooled global-encoder embeddings (N, d) float32 to `out` (.npy), ids/labels/splits to `out`.json, and with
+    `safetensors` both in one `out`.safetensors (for tools that do not read .npy). The layer and pooling are the
+    checkpoint's (a pre-training export: the last layer, mean-pooled) unless probe_layer / probe_pool say otherwise;
+    probe_layer "all" writes every layer's: (N, layers + 2, d). Long clips are read as the checkpoint was trained:
+    windows of its training length, averaged (unless whole)."""
+    every_layer = probe_layer == ALL_LAYERS
+    model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu",
+                                  "last" if every_layer else probe_layer, probe_pool)  # the encoder alone
     store = TokenStore(data)
     check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
     model.config.check_data(store.n_q, store.codebook_size)
     max_frames = round(max_seconds * store.frame_rate) if max_seconds else training_window(meta)
     mode = eval_mode or meta.get("eval_mode", DEFAULT_EVAL_MODE)
     device = next(model.parameters()).device
-    rows = list(clip_outputs(model.embed, store.iter_samples(split), model.config.pad_id, max_frames, mode,
-                             batch_size, device, desc="embed"))
-    vectors = np.stack([e for _, e in rows]).astype(np.float32) if rows else np.zeros((0, model.config.d_global), np.float32)
+    fn = model.layer_embeddings if every_layer else model.embed
+    rows = list(clip_outputs(fn, store.iter_samples(split), model.config.pad_id, max_frames, mode, batch_size, device,
+                             desc="embed"))
+    shape = ((model.config.n_global_layers + 2,) if every_layer else ()) + (model.pooled_width,)
+    vectors = np.stack([e for _, e in rows]).astype(np.float32) if rows else np.zeros((0, *shape), np.float32)
     index = {"ids": [m["id"] for m, _ in rows], "labels": [m.get("labels", []) for m, _ in rows],
              "splits": [m.get("split") for m, _ in rows], "checkpoint": str(checkpoint), "data": str(data)}
     out = Path(out).with_suffix(".npy")
     atomic_write(out, lambda tmp: save_npy(tmp, vectors))
     atomic_write_text(out.with_suffix(".json"), json.dumps(index) + "\n")
-    written = {"path": str(out), "n": len(rows), "dim": model.config.d_global, "eval_mode": mode, "max_frames": max_frames}
+    written = {"path": str(out), "n": len(rows), "dim": model.pooled_width, "eval_mode": mode, "max_frames": max_frames,
+               "probe_layer": probe_layer if every_layer else model.probe_layer, "probe_pool": model.probe_pool}
     if safetensors:
         from safetensors.numpy import save_file
 
