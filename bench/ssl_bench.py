@@ -112,7 +112,7 @@ VARIANTS = {
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
-GPU_MODEL, GPU_STEPS = "small", 4  # --gpu: this model, and this many times the steps
+GPU_MODEL, GPU_STEP_FACTOR = "small", 4  # --gpu: this model, and this many times the steps
 
 
 def recipe_of(args, name: str) -> Variant:
@@ -137,7 +137,7 @@ def setting_flags(args) -> list[str]:
     it multiplies, if not the protocol's) instead of the model and steps it sets, so that the command shown runs on
     the GPU again."""
     if args.gpu:
-        steps = args.steps // GPU_STEPS
+        steps = args.steps // GPU_STEP_FACTOR
         size = ["--gpu", *(["--steps", str(steps)] if steps != DEFAULT_STEPS else [])]
     else:
         size = [*(["--model", args.model] if args.model != DEFAULT_MODEL else []),
@@ -497,7 +497,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "stores; the frozen probes cannot colour (writes results/ssl[_<recipe>]_ftcolour<D>.*)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--gpu", action="store_true",
-                        help=f"on the GPU, with the `{GPU_MODEL}` model and {GPU_STEPS}x the steps (writes *_cuda.*)")
+                        help=f"on the GPU, with the `{GPU_MODEL}` model and {GPU_STEP_FACTOR}x the steps "
+                             "(writes *_cuda.*)")
     parser.add_argument("--ablate", action="store_true", help="the recipe ablation instead of the protocol")
     parser.add_argument("--bag-statistics", action="store_true",
                         help="the bag of tokens on richer statistics of the instrument-family codes (time quarters, "
@@ -508,7 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
     args = parser.parse_args(argv)
     if args.gpu:
-        args.model, args.steps = GPU_MODEL, args.steps * GPU_STEPS
+        args.model, args.steps = GPU_MODEL, args.steps * GPU_STEP_FACTOR
     return args
 
 
