@@ -20,12 +20,12 @@ from ..data.stream import chunked, collate
 from ..data.tasks import RANDOM_SPLIT, ClipFilter, Task, random_split_filters, split_samples
 from ..fileio import atomic_write, atomic_write_text
 from ..models.checkpoint import read_checkpoint_config
-from ..models.classifier import AudioClassifier
+from ..models.classifier import PROBE_POOLS, AudioClassifier
 from ..models.mega import MegaAudioFormer
 from .loop import check_codec
 from .metrics import DEFAULT_EVAL_MODE, EVAL_MODES, log_loss, score
 
-EMBED_POOLS = ("mean", "stats")  # the poolings without parameters: any layer of any checkpoint can be read with them
+EMBED_POOLS = tuple(p for p in PROBE_POOLS if p != "attention")  # without parameters: they can read any layer
 ALL_LAYERS = "all"
 
 
@@ -186,9 +186,9 @@ def embed(checkpoint: str | Path, data: str | Path, out: str | Path, split: str 
     checkpoint's (a pre-training export: the last layer, mean-pooled) unless probe_layer / probe_pool say otherwise;
     probe_layer "all" writes every layer's: (N, layers + 2, d). Long clips are read as the checkpoint was trained:
     windows of its training length, averaged (unless whole)."""
-    every_layer = probe_layer == ALL_LAYERS
+    every_layer = probe_layer == ALL_LAYERS  # read through the encoder alone, so a learned pool is refused
     model, meta = load_classifier(checkpoint, "cuda" if torch.cuda.is_available() else "cpu",
-                                  "last" if every_layer else probe_layer, probe_pool)  # the encoder alone
+                                  "last" if every_layer else probe_layer, probe_pool)
     store = TokenStore(data)
     check_codec(meta.get("codec"), store.card["codec"], checkpoint, str(store.path))
     model.config.check_data(store.n_q, store.codebook_size)
