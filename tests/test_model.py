@@ -255,12 +255,33 @@ def test_span_masking_hits_the_ratio_with_spans_of_the_configured_length_on_padd
         assert all(run % span == 0 for run in runs_of_true(frames[b]))  # runs are whole spans (adjacent ones merge)
 
 
+def test_spans_land_anywhere_in_a_clip_and_differ_between_the_clips_of_a_batch():
+    codes = random_codes(4, 375, 2)
+    draws = torch.stack([(mask_tokens(codes, None, 0.5, torch.Generator().manual_seed(seed), mask_id=CODEBOOK,
+                                      unit="span", span=30)[1] != IGNORE_INDEX).any(dim=2) for seed in range(200)])
+    share = draws.float().mean(dim=0)  # (B, T): how often each frame was masked
+    assert (share > 0).all() and (share < 1).all()
+    assert abs(share[:, 120:255].mean().item() - 0.5) < 0.05  # the middle of a clip: as often as the ratio says
+    assert all(not torch.equal(draws[:, 0], draws[:, b]) for b in range(1, 4))
+
+
 def test_span_masking_by_start_probability_covers_about_one_minus_one_minus_p_to_the_span():
     codes, p, span = random_codes(8, 2000, 2), 0.02, 20
     _, targets = mask_tokens(codes, None, 0.25, torch.Generator().manual_seed(0), mask_id=CODEBOOK, unit="span",
                              span=span, start_prob=p)
     covered = (targets != IGNORE_INDEX).any(dim=2).float().mean().item()
     assert abs(covered - (1 - (1 - p) ** span)) < 0.04  # 0.33 expected
+
+
+@pytest.mark.parametrize("options", [{"unit": "token"}, {"unit": "frame"}, {"unit": "span", "span": 30},
+                                     {"unit": "span", "span": 30, "start_prob": 0.02}])
+def test_masks_are_built_without_reading_device_tensors_on_the_host(options):
+    # A host read (.tolist(), .item(), .cpu(), bool()) would stall the GPU once a micro-batch. Meta tensors hold no
+    # data, so any such read raises here.
+    codes = torch.zeros(4, 200, 2, dtype=torch.long, device="meta")
+    padding_mask = torch.ones(4, 200, dtype=torch.bool, device="meta")
+    inputs, targets = mask_tokens(codes, padding_mask, 0.5, mask_id=CODEBOOK, **options)
+    assert inputs.shape == targets.shape == codes.shape
 
 
 def test_mask_tokens_with_the_same_seed_repeats_and_with_another_differs():

@@ -46,24 +46,26 @@ def _random_count_mask(valid: torch.Tensor, ratio: float, generator: torch.Gener
 def _span_mask(valid: torch.Tensor, ratio: float, span: int, generator: torch.Generator | None) -> torch.Tensor:
     """Non-overlapping spans of `span` frames covering round(ratio * n / span) spans' worth of each clip's n valid
     frames (at least one span; a clip shorter than a span is masked whole). Spans are placed uniformly: n_spans
-    sorted offsets in [0, n - n_spans * span], span i starting at offset_i + i * span. valid: (B, T) -> (B, T)."""
+    sorted offsets in [0, n - n_spans * span], span i starting at offset_i + i * span. valid: (B, T) -> (B, T).
+
+    Built for the whole batch at once from tensors on the device: reading a length or an offset on the host would
+    stall the GPU at every micro-batch."""
     B, T = valid.shape
-    lengths = valid.sum(dim=1).tolist()  # valid frames are a prefix of each row
-    masked = torch.zeros_like(valid)
-    device = generator.device if generator is not None else torch.device("cpu")
-    for b, n in enumerate(lengths):
-        if n == 0:
-            continue
-        n_spans = max(1, min(round(ratio * n / span), n // span))
-        if n < span:
-            masked[b, :n] = True
-            continue
-        free = n - n_spans * span
-        offsets = torch.randint(0, free + 1, (n_spans,), generator=generator, device=device).sort().values.cpu()
-        for i, offset in enumerate(offsets.tolist()):
-            start = offset + i * span
-            masked[b, start: start + span] = True
-    return masked
+    n = valid.sum(dim=1)  # (B,) valid frames, a prefix of each row
+    n_spans = torch.minimum((n * ratio / span).round().long(), n // span).clamp(min=1)  # (B,)
+    free = (n - n_spans * span).clamp(min=0)[:, None]  # (B, 1) frames left unmasked, to place the gaps
+    slot = torch.arange(max(1, T // span), device=valid.device)  # room for the most spans any row can hold
+    used = slot < n_spans[:, None]  # (B, K)
+    device = generator.device if generator is not None else valid.device
+    uniform = torch.rand(B, len(slot), generator=generator, device=device).to(valid.device)
+    offsets = torch.minimum((uniform * (free + 1)).long(), free)  # uniform integers in [0, free]
+    offsets = offsets.masked_fill(~used, T).sort(dim=1).values  # sorted; unused slots last
+    starts = offsets + slot * span  # (B, K)
+    # +1 where a span starts, -1 where it ends, summed along time: 1 inside a span (spans never overlap), else 0.
+    # Ends and unused slots past the clip land in one spare column, which is dropped.
+    edges = torch.zeros(B, T + 1, dtype=torch.long, device=valid.device)
+    edges.scatter_add_(1, starts.clamp(max=T), used.long()).scatter_add_(1, (starts + span).clamp(max=T), -used.long())
+    return (edges[:, :T].cumsum(dim=1) > 0) & valid  # a clip shorter than a span: its one span, cut to the clip
 
 
 def _start_prob_mask(valid: torch.Tensor, start_prob: float, span: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -76,9 +78,7 @@ def _start_prob_mask(valid: torch.Tensor, start_prob: float, span: int, generato
     covered = F.pad(starts.float(), (span - 1, 0))[:, None]  # (B, 1, T + span - 1)
     masked = (F.max_pool1d(covered, span, stride=1)[:, 0] > 0) & valid  # (B, T)
     empty = ~masked.any(dim=1) & valid.any(dim=1)  # rows where no span started: mask one random frame
-    if bool(empty.any()):
-        masked |= _random_count_mask(valid, 0.0, generator) & empty[:, None]
-    return masked
+    return masked | (_random_count_mask(valid, 0.0, generator) & empty[:, None])  # drawn for all: no host sync
 
 
 def mask_tokens(
