@@ -62,17 +62,20 @@ def counted_flops(model: MegaAudioFormer, codes: torch.Tensor, targets: torch.Te
     return float(counter.get_total_flops())
 
 
+PAPER_MASKING = "token 25%"
+
+
 def maskings() -> dict[str, tuple[float, dict]]:
     """The maskings timed side by side, by label: (ratio, mask_tokens options): the paper's 25% of single tokens and
     the shipped recipe's (train/pretrain.py's defaults), so that a GPU row shows what the shipped masks cost."""
     shipped = PretrainConfig()
-    return {"token 25%": (0.25, {"unit": "token"}),
+    return {PAPER_MASKING: (0.25, {"unit": "token"}),
             f"{shipped.mask_unit} {shipped.mask_ratio:.0%} (shipped)": (shipped.mask_ratio,
                                                                          masking_options(shipped, FRAME_RATE))}
 
 
 def measure(preset: str, kbps: float, seconds: float, batch: int, steps: int, device: str, bf16: bool, compile: bool,
-            masking: str = "token 25%") -> dict:
+            masking: str = PAPER_MASKING) -> dict:
     """Time the loop's training step (mask, forward, backward, clip, AdamW) on random codes already on the device."""
     mask_ratio, mask_options = maskings()[masking]
     T = round(seconds * FRAME_RATE)
@@ -113,7 +116,7 @@ def measure(preset: str, kbps: float, seconds: float, batch: int, steps: int, de
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
         row.update(gpu=name, mfu=flops / step_s / peak if peak and bf16 else None)
-    if device == "cpu" and preset == "tiny" and masking == "token 25%":  # check the formula against torch's counter
+    if device == "cpu" and preset == "tiny" and masking == PAPER_MASKING:  # check the formula against torch's counter
         short = codes[:2, :150]
         inputs, targets = mask_tokens(short, None, 0.25, mask_id=cfg.mask_id)
         # torch's counter has no formula for the CPU attention kernel: compare without the QK^T / AV term. It also

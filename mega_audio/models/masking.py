@@ -31,13 +31,18 @@ def span_frames(span_ms: float, frame_rate: float) -> int:
     return max(1, round(span_ms * frame_rate / 1000))
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) draws from the generator (on the generator's own device, which may differ from the data's) on
+    `like`'s device."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device).to(like.device)
+
+
 def _random_count_mask(valid: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
     """Exactly round(ratio * valid count) (at least one) positions of each row, uniformly at random.
     valid: (B, L) bool -> (B, L) bool."""
     B, L = valid.shape
-    device = generator.device if generator is not None else valid.device
-    scores = torch.rand(B, L, generator=generator, device=device).to(valid.device)
-    scores = scores.masked_fill(~valid, 2.0)  # padded positions sort last and are never picked
+    scores = _uniform((B, L), generator, valid).masked_fill(~valid, 2.0)  # padding sorts last: never picked
     n_mask = (valid.sum(dim=1) * ratio).round().clamp(min=1)  # (B,)
     first_n = torch.arange(L, device=valid.device) < n_mask[:, None]
     return torch.zeros_like(valid).scatter(1, scores.argsort(dim=1), first_n) & valid
@@ -56,15 +61,13 @@ def _span_mask(valid: torch.Tensor, ratio: float, span: int, generator: torch.Ge
     free = (n - n_spans * span).clamp(min=0)[:, None]  # (B, 1) frames left unmasked, to place the gaps
     slot = torch.arange(max(1, T // span), device=valid.device)  # room for the most spans any row can hold
     used = slot < n_spans[:, None]  # (B, K)
-    device = generator.device if generator is not None else valid.device
-    uniform = torch.rand(B, len(slot), generator=generator, device=device).to(valid.device)
-    offsets = torch.minimum((uniform * (free + 1)).long(), free)  # uniform integers in [0, free]
+    offsets = torch.minimum((_uniform(used.shape, generator, valid) * (free + 1)).long(), free)  # uniform in [0, free]
     offsets = offsets.masked_fill(~used, T).sort(dim=1).values  # sorted; unused slots last
     starts = offsets + slot * span  # (B, K)
     # +1 where a span starts, -1 where it ends, summed along time: 1 inside a span (spans never overlap), else 0.
     # Ends and unused slots past the clip land in one spare column, which is dropped.
-    edges = torch.zeros(B, T + 1, dtype=torch.long, device=valid.device)
-    edges.scatter_add_(1, starts.clamp(max=T), used.long()).scatter_add_(1, (starts + span).clamp(max=T), -used.long())
+    edges, weight = torch.zeros(B, T + 1, dtype=torch.long, device=valid.device), used.long()
+    edges.scatter_add_(1, starts.clamp(max=T), weight).scatter_add_(1, (starts + span).clamp(max=T), -weight)
     return (edges[:, :T].cumsum(dim=1) > 0) & valid  # a clip shorter than a span: its one span, cut to the clip
 
 
@@ -72,8 +75,7 @@ def _start_prob_mask(valid: torch.Tensor, start_prob: float, span: int, generato
     """BEST-RQ / wav2vec 2.0 style: every valid frame starts a span with probability start_prob; spans may overlap
     and are cut at the clip's end (the masked share is then about 1 - (1 - p)^span). At least one frame is masked."""
     B, T = valid.shape
-    device = generator.device if generator is not None else valid.device
-    starts = (torch.rand(B, T, generator=generator, device=device).to(valid.device) < start_prob) & valid
+    starts = (_uniform((B, T), generator, valid) < start_prob) & valid
     # a frame is masked when a span started at most span - 1 frames before it: a running max over the starts
     covered = F.pad(starts.float(), (span - 1, 0))[:, None]  # (B, 1, T + span - 1)
     masked = (F.max_pool1d(covered, span, stride=1)[:, 0] > 0) & valid  # (B, T)
