@@ -2,8 +2,9 @@
 
 For every seed: pre-train on the unlabelled pool (`train/pretrain.py`), then on every task fine-tune from scratch,
 fine-tune from the pre-trained encoder, probe a frozen random-init encoder and the frozen pre-trained encoder
-(`mega-audio finetune [--freeze]`), and fit a bag-of-tokens logistic regression on the same tokens: the floor any
-learned model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead pre-trains one model per recipe
+(`mega-audio finetune [--freeze]`: a small MLP head), read both frozen encoders linearly (a logistic regression on
+`mega-audio embed` features), and fit a bag-of-tokens logistic regression on the same tokens: the floor any learned
+model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead pre-trains one model per recipe
 variant (one seed) and scores each with the frozen probe and fine-tuning: bench/results/ssl_ablation.{json,md}.
 `--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
 (bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds. `--seeds` other
@@ -53,14 +54,23 @@ TASKS = {
     "music_speech": ("music_speech", "folder", "folder", 3),
     "genre": ("genre", "folder", "folder", 8),
 }
-ARMS = ("bag_of_tokens", "frozen_random", "frozen_pretrained", "scratch", "finetuned", "finetuned_lpft")
+ARMS = ("bag_of_tokens", "frozen_random", "frozen_pretrained", "linear_random", "linear_pretrained", "scratch",
+        "finetuned", "finetuned_lpft")
 ARM_NAMES = {"bag_of_tokens": "bag-of-tokens logistic regression (no model)",
              "frozen_random": "frozen probe, random-init encoder", "frozen_pretrained": "frozen probe, pre-trained encoder",
+             "linear_random": "linear probe, random-init encoder (logistic regression, as the bag)",
+             "linear_pretrained": "linear probe, pre-trained encoder (logistic regression, as the bag)",
              "scratch": "fine-tuned from scratch", "finetuned": "fine-tuned from the pre-trained encoder",
              "finetuned_lpft": "fine-tuned from the pre-trained encoder, LP-FT (head fitted on frozen features first)"}
 PRETRAINED_ARMS = ("frozen_pretrained", "finetuned", "finetuned_lpft")  # the arms that start from the pre-trained model
 FROZEN_ARMS = ("frozen_random", "frozen_pretrained")  # `finetune --freeze`: probes on features computed once
 ABLATION_ARMS = ("frozen_random", "frozen_pretrained", "scratch", "finetuned")
+# A linear probe reads the encoder its frozen probe froze (that run's checkpoint) with the bag's classifier: the same
+# read-out on both sides of "above the bag", and no head size or epoch for a small valid split to pick.
+LINEAR_ARMS = {"linear_random": "frozen_random", "linear_pretrained": "frozen_pretrained"}
+# the C (inverse L2 strength) valid picks from: the bag's, and the linear probes', down to 1e-4 for their hundreds of
+# dense standardised features against about a thousand training clips
+BAG_CS, LINEAR_CS = (0.01, 0.1, 1), (1e-4, 1e-3, 1e-2, 1e-1, 1)
 # run directory of an arm (format with the recipe variant); the random-init arms do not depend on the recipe. The
 # frozen probes' "fzs" names their pooling (stats, the default since it replaced the mean, whose runs were "fz"), so
 # that no cached run of the old probe is read as one of the new.
@@ -326,7 +336,6 @@ def _labelled_codes(store: Path) -> tuple[dict[str, list[tuple[np.ndarray, str]]
 def bag_of_tokens(store: Path, seed: int, statistic: str = "unigram") -> dict:
     """Logistic regression on each clip's code statistic (square-rooted frequencies), C picked on valid."""
     from scipy import sparse
-    from sklearn.linear_model import LogisticRegression
 
     clips, size, count = *_labelled_codes(store), BAG_STATISTICS[statistic]
     x, y = {}, {}
@@ -335,10 +344,51 @@ def bag_of_tokens(store: Path, seed: int, statistic: str = "unigram") -> dict:
         x[split] = sparse.vstack(features).tocsr().sqrt() if sparse.issparse(features[0]) \
             else np.sqrt(np.stack(features))
         y[split] = np.array([r[1] for r in rows])
-    fits = [LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x["train"], y["train"]) for c in (0.01, 0.1, 1)]
-    best = max(fits, key=lambda f: (f.predict(x["valid"]) == y["valid"]).mean())
-    return {"metrics": {split: {"accuracy": float((best.predict(x[split]) == y[split]).mean())} for split in ("valid", "test")},
-            "C": best.C}
+    return logistic_regression(x, y, BAG_CS, seed)
+
+
+def logistic_regression(x: dict, y: dict, cs: tuple[float, ...], seed: int) -> dict:
+    """One L2-regularised logistic regression per C on x["train"]; the one best on valid scores valid and test."""
+    from sklearn.linear_model import LogisticRegression
+
+    fits = [LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x["train"], y["train"]) for c in cs]
+    accuracy = lambda fit, split: float((fit.predict(x[split]) == y[split]).mean())  # noqa: E731
+    best = max(fits, key=lambda fit: accuracy(fit, "valid"))
+    return {"metrics": {split: {"accuracy": accuracy(best, split)} for split in ("valid", "test")}, "C": best.C}
+
+
+def linear_read_out(features: np.ndarray, labels: np.ndarray, splits: np.ndarray, seed: int) -> dict:
+    """features (N, layers 0..n + their mean, width) of labelled clips in train/valid/test -> a logistic regression on
+    each of the frozen probe's candidate layers, standardised on train; the layer and C best on valid score test."""
+    from sklearn.preprocessing import StandardScaler
+
+    from mega_audio.models.classifier import layer_index
+    from mega_audio.train.probe import candidate_layers
+
+    n_layers, y = features.shape[1] - 2, {s: labels[splits == s] for s in ("train", "valid", "test")}
+    fits = {}
+    for layer in candidate_layers("best", n_layers):
+        x = {s: features[splits == s, layer_index(layer, n_layers)] for s in y}
+        scaler = StandardScaler().fit(x["train"])
+        fits[layer] = logistic_regression({s: scaler.transform(v) for s, v in x.items()}, y, LINEAR_CS, seed)
+    layer = max(fits, key=lambda k: fits[k]["metrics"]["valid"]["accuracy"])
+    return {**fits[layer], "probe_layer": layer,
+            "valid_by_layer": {k: fit["metrics"]["valid"]["accuracy"] for k, fit in fits.items()}}
+
+
+def linear_probe(args, task: str, arm: str, seed: int, threads: int) -> dict:
+    """The linear read-out of the encoder that `arm`'s frozen probe froze: its every layer stats-pooled per clip by
+    `mega-audio embed --probe-layer all` (windows as the probe reads them), then `linear_read_out`."""
+    encoder = finetune_dir(args, task, LINEAR_ARMS[arm], args.recipe, seed)
+    store = store_path(args, TASKS[task][0], recipe_of(args, args.recipe).kbps)
+    out = args.work / "embeddings" / f"{encoder.name}.npy"
+    run_once(out.with_suffix(".json").exists,
+             cli("embed", "--checkpoint", str(encoder), "--data", str(store), "--out", str(out), "--probe-layer", "all",
+                 "--probe-pool", "stats", "--eval-mode", "chunks", "--max-seconds", "5"),
+             args.work / "logs" / f"embed-{encoder.name}.log", threads)
+    index = json.loads(out.with_suffix(".json").read_text())
+    labels = np.array([clip_labels[0] for clip_labels in index["labels"]])
+    return linear_read_out(np.load(out), labels, np.array(index["splits"]), seed)
 
 
 def bag_statistics(args) -> None:
@@ -394,8 +444,11 @@ def protocol(args, pool_hours: float) -> dict:
         jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, args.recipe, s,
                                        models[s] if arm in PRETRAINED_ARMS else None,
                                        threads)
-                for s in args.seeds for t in args.tasks for arm in ARMS if arm != "bag_of_tokens"}
+                for s in args.seeds for t in args.tasks for arm in TAGS}
         results = {k: f.result() for k, f in jobs.items()}
+        linear = {(t, arm, s): ex.submit(linear_probe, args, t, arm, s, threads)  # after the runs whose encoders they read
+                  for s in args.seeds for t in args.tasks for arm in LINEAR_ARMS}
+        results |= {k: f.result() for k, f in linear.items()}
     for t in args.tasks:  # lbfgs logistic regression ignores its seed: one fit serves every seed's row
         bag = bag_of_tokens(store_path(args, TASKS[t][0], recipe_of(args, args.recipe).kbps), args.seeds[0])
         for s in args.seeds:
@@ -464,8 +517,8 @@ def markdown(summary: dict) -> str:
              "|---|" + "---:|" * len(tasks)]
     lines += _arm_rows(summary, tasks, "mean", "std")
     lines += ["", "The valid split, for comparison (instrument family: GM programs held out of train, from the training "
-              "soundfonts). It also picks each run's epoch, probe layer and the bag's C, so it flatters every arm a "
-              "little; test is the measure.", "",
+              "soundfonts). It also picks each run's epoch, probe layer and the logistic regressions' C, so it flatters "
+              "every arm a little; test is the measure.", "",
               "| valid accuracy (%) | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     lines += _arm_rows(summary, tasks, "valid_mean", "valid_std")
     return "\n".join(lines) + "\n"
@@ -563,7 +616,8 @@ def main() -> None:
     colour = f", every training clip under a random EQ (`finetune --colour-db {args.finetune_colour_db:g}`)" \
         if args.finetune_colour_db else ""
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
-                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3",
+                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3; linear probes: logistic "
+                    "regression on the frozen encoder's stats-pooled layers, layer and C picked on valid",
                     "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
                     "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": recipe.kbps,

@@ -22,7 +22,7 @@ TASK = "instrument_family"
 def job_names(argv: list[str], seed: int = 0) -> dict[str, str]:
     """The directory name of every job one seed of the protocol runs, by job."""
     args = sb.parse_args(["--work", "/w", *argv])
-    names = {arm: sb.finetune_dir(args, TASK, arm, args.recipe, seed).name for arm in sb.ARMS if arm != "bag_of_tokens"}
+    names = {arm: sb.finetune_dir(args, TASK, arm, args.recipe, seed).name for arm in sb.TAGS}
     return {"pretrain": sb.pretrain_dir(args, args.recipe, seed).name, **names}
 
 
@@ -184,3 +184,20 @@ def test_the_bag_statistics_see_what_the_histogram_cannot():
     assert (count["joint"](rising, 8) != count["joint"](shuffled_level, 8)).nnz > 0
     repeated = np.zeros((4, 2), dtype=np.int64)  # one pair four times: its frequency adds up to 1
     assert count["joint"](repeated, 8).sum() == pytest.approx(1.0) and count["joint"](repeated, 8).nnz == 1
+
+
+def test_the_linear_probe_reads_the_candidate_layer_best_on_valid_and_never_the_patch_embeddings():
+    """Layers 0..2 and their mean of 3-class clips: the class shows in layer 0 (the patch embeddings, which of a
+    random-init encoder are a bag of tokens) and, through noise, in layer 2; layer 1 and the mean are noise."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["a", "b", "c"]), 100)
+    splits = np.tile(np.array(["train"] * 6 + ["valid"] * 2 + ["test"] * 2), 30)
+    features = rng.normal(size=(len(labels), 4, 8))
+    centres = {"a": 0.0, "b": 2.0, "c": 4.0}
+    signal = np.array([centres[label] for label in labels])
+    features[:, 0, 0] = signal
+    features[:, 2, :3] += signal[:, None]
+    r = sb.linear_read_out(features, labels, splits, seed=0)
+    assert r["probe_layer"] == "2" and set(r["valid_by_layer"]) == {"mean", "1", "2"}
+    assert r["valid_by_layer"]["2"] > 0.8 > 0.6 > max(r["valid_by_layer"]["1"], r["valid_by_layer"]["mean"])
+    assert r["metrics"]["test"]["accuracy"] > 0.8 and r["C"] in sb.LINEAR_CS
