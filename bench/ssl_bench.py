@@ -76,6 +76,9 @@ BAG_CS, LINEAR_CS = (0.01, 0.1, 1), (1e-4, 1e-3, 1e-2, 1e-1, 1)
 # that no cached run of the old probe is read as one of the new.
 TAGS = {"frozen_random": "fzs-random", "scratch": "ft-scratch", "frozen_pretrained": "fzs-{v}", "finetuned": "ft-{v}",
         "finetuned_lpft": "lpft-{v}"}
+# how fine-tuning, the frozen probes and the linear probes' embeddings read a clip: 5 s windows (pre-training's crops),
+# a long clip's windows averaged
+WINDOWS = ("--max-seconds", "5", "--eval-mode", "chunks")
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
 
 # Pre-training variants for --ablate and --recipe. What a variant leaves as None comes from --bitrate / --model /
@@ -287,7 +290,7 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     results = out / "results.json"
     run_once(results.exists,
              cli("finetune", *device_flags(args), "--task", task_name, "--data", str(store), "--output-dir", str(out),
-                 "--seed", str(seed), "--batch-size", "32", "--max-seconds", "5", "--eval-mode", "chunks", *init,
+                 "--seed", str(seed), "--batch-size", "32", *WINDOWS, *init,
                  *recipe, *colour),
              args.work / "logs" / f"{out.name}.log", threads)
     return json.loads(results.read_text())
@@ -378,13 +381,13 @@ def linear_read_out(features: np.ndarray, labels: np.ndarray, splits: np.ndarray
 
 def linear_probe(args, task: str, arm: str, seed: int, threads: int) -> dict:
     """The linear read-out of the encoder that `arm`'s frozen probe froze: its every layer stats-pooled per clip by
-    `mega-audio embed --probe-layer all` (windows as the probe reads them), then `linear_read_out`."""
+    `mega-audio embed --probe-layer all` (read in the probe's WINDOWS), then `linear_read_out`."""
     encoder = finetune_dir(args, task, LINEAR_ARMS[arm], args.recipe, seed)
     store = store_path(args, TASKS[task][0], recipe_of(args, args.recipe).kbps)
     out = args.work / "embeddings" / f"{encoder.name}.npy"
     run_once(out.with_suffix(".json").exists,
              cli("embed", "--checkpoint", str(encoder), "--data", str(store), "--out", str(out), "--probe-layer", "all",
-                 "--probe-pool", "stats", "--eval-mode", "chunks", "--max-seconds", "5"),
+                 "--probe-pool", "stats", *WINDOWS),
              args.work / "logs" / f"embed-{encoder.name}.log", threads)
     index = json.loads(out.with_suffix(".json").read_text())
     labels = np.array([clip_labels[0] for clip_labels in index["labels"]])

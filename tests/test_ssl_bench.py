@@ -199,5 +199,5 @@ def test_the_linear_probe_reads_the_candidate_layer_best_on_valid_and_never_the_
     features[:, 2, :3] += signal[:, None]
     r = sb.linear_read_out(features, labels, splits, seed=0)
     assert r["probe_layer"] == "2" and set(r["valid_by_layer"]) == {"mean", "1", "2"}
-    assert r["valid_by_layer"]["2"] > 0.8 > 0.6 > max(r["valid_by_layer"]["1"], r["valid_by_layer"]["mean"])
+    assert r["valid_by_layer"]["2"] > 0.8 and max(r["valid_by_layer"]["1"], r["valid_by_layer"]["mean"]) < 0.6
     assert r["metrics"]["test"]["accuracy"] > 0.8 and r["C"] in sb.LINEAR_CS
