@@ -2,10 +2,11 @@
 
 For every seed: pre-train on the unlabelled pool (`train/pretrain.py`), then on every task fine-tune from scratch,
 fine-tune from the pre-trained encoder, probe a frozen random-init encoder and the frozen pre-trained encoder
-(`mega-audio finetune [--freeze]`: a small MLP head), read both frozen encoders linearly (a logistic regression on
-`mega-audio embed` features), and fit a bag-of-tokens logistic regression on the same tokens: the floor any learned
-model must clear. Writes bench/results/ssl.{json,md}. `--ablate` instead pre-trains one model per recipe
-variant (one seed) and scores each with the frozen probe and fine-tuning: bench/results/ssl_ablation.{json,md}.
+(`mega-audio finetune --freeze`: a small MLP head; three heads per encoder, `--probe-seed`, averaged), read both
+frozen encoders linearly (a logistic regression on `mega-audio embed` features), and fit a bag-of-tokens logistic
+regression on the same tokens: the floor any learned model must clear. Writes bench/results/ssl.{json,md}.
+`--ablate` instead pre-trains one model per recipe variant (one seed) and scores each with one frozen probe and
+fine-tuning: bench/results/ssl_ablation.{json,md}.
 `--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
 (bench/results/ssl_<variant>.{json,md}): what a one-seed ablation row looks like over three seeds. `--seeds` other
 than 0 1 2 add a suffix (`--seeds 0 1 2 3 4` writes ssl_5seeds.*). `--finetune-colour-db D` fine-tunes every arm
@@ -80,6 +81,11 @@ TAGS = {"frozen_random": "fzs-random", "scratch": "ft-scratch", "frozen_pretrain
 # a long clip's windows averaged
 WINDOWS = ("--max-seconds", "5", "--eval-mode", "chunks")
 LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine-tuning (finetune --lp-epochs)
+# A frozen arm scores each encoder by the mean of this many MLP probes (`finetune --probe-seed`: the head's init and
+# batch order). On one encoder, probe seeds alone move the unseen soundfont's accuracy by up to 9 points (their epoch,
+# picked on valid, is often 3 or 4 of 60): one probe per encoder made the frozen gain over random init as noisy as
+# the encoders themselves. Probe k > 0 is seeded seed + PROBE_SEED_STRIDE * k; probe 0 is the run one probe made.
+PROBE_SEEDS, PROBE_SEED_STRIDE = 3, 1000
 
 # Pre-training variants for --ablate and --recipe. What a variant leaves as None comes from --bitrate / --model /
 # --steps. A variant with its own model size gets its own random-init arms (frozen random, scratch) of that size.
@@ -156,10 +162,12 @@ def setting_flags(args) -> list[str]:
         size = [*(["--model", args.model] if args.model != DEFAULT_MODEL else []),
                 *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else [])]
     return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []), *size,
-            *(["--lr", f"{args.lr:g}"] if args.lr != DEFAULT_LR else [])]
+            *(["--lr", f"{args.lr:g}"] if args.lr != DEFAULT_LR else []),
+            *(["--probe-seeds", str(args.probe_seeds)] if args.probe_seeds != PROBE_SEEDS else [])]
 
 
-SETTING_TITLES = {"--bitrate": "{} kbps", "--model": "{} model", "--steps": "{} steps", "--lr": "fine-tuning lr {}"}
+SETTING_TITLES = {"--bitrate": "{} kbps", "--model": "{} model", "--steps": "{} steps", "--lr": "fine-tuning lr {}",
+                  "--probe-seeds": "probes per frozen encoder: {}"}
 
 
 def setting_titles(summary: dict) -> list[str]:
@@ -244,16 +252,17 @@ def colour_flags(args, arm: str) -> list[str]:
     return ["--colour-db", f"{args.finetune_colour_db:g}"] if args.finetune_colour_db and arm not in FROZEN_ARMS else []
 
 
-def finetune_dir(args, task: str, arm: str, variant: str, seed: int) -> Path:
-    """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>: the pre-trained arms name the pre-training (variant and changed
-    settings), the random-init arms only their model; c<D> marks fine-tuning under a random EQ."""
+def finetune_dir(args, task: str, arm: str, variant: str, seed: int, probe: int = 0) -> Path:
+    """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>[-p<probe>]: the pre-trained arms name the pre-training (variant and
+    changed settings), the random-init arms only their model; c<D> marks fine-tuning under a random EQ, p<k> a frozen
+    arm's k-th extra probe of the same encoder."""
     r = recipe_of(args, variant)
     pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
     tag = TAGS[arm].format(v=pretrained) if arm in PRETRAINED_ARMS else \
         TAGS[arm] + ("" if r.model == DEFAULT_MODEL else f"-{r.model}")
     prefix = f"c{args.finetune_colour_db:g}-" if colour_flags(args, arm) else ""
     lr = "" if arm in FROZEN_ARMS or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the probes train at their own lr
-    return args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}"
+    return args.work / "runs" / (f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}" + (f"-p{probe}" if probe else ""))
 
 
 def device_flags(args) -> list[str]:
@@ -275,15 +284,18 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     return model
 
 
-def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int) -> dict:
+def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int,
+             probe: int = 0) -> dict:
     r = recipe_of(args, variant)
     kbps, model = r.kbps, r.model
     name, _, task_name, epochs = TASKS[task]
     frozen, colour = arm in FROZEN_ARMS, colour_flags(args, arm)
-    out = finetune_dir(args, task, arm, variant, seed)
+    out = finetune_dir(args, task, arm, variant, seed, probe)
     init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
     recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
         ["--epochs", str(epochs), "--lr", str(args.lr)]
+    if probe:
+        recipe += ["--probe-seed", str(seed + PROBE_SEED_STRIDE * probe)]
     if arm == "finetuned_lpft":
         recipe += ["--lp-epochs", str(LP_EPOCHS)]
     store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
@@ -417,6 +429,15 @@ def bag_statistics(args) -> None:
     print(f"bench-ssl: wrote bench/results/{name}.json and .md in {(time.time() - start) / 60:.0f} min")
 
 
+def mean_of_probes(runs: list[dict]) -> dict:
+    """One encoder's frozen-arm result from its probes' results.json: valid and test accuracy averaged, each probe's
+    test accuracy and layer kept."""
+    metrics = {split: {"accuracy": float(np.mean([r["metrics"][split]["accuracy"] for r in runs]))}
+               for split in ("valid", "test")}
+    return {**runs[0], "metrics": metrics, "probe_layer": " ".join(r["probe_layer"] for r in runs),
+            "probe_runs": [100 * r["metrics"]["test"]["accuracy"] for r in runs]}
+
+
 def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -434,6 +455,8 @@ def summarise(results: dict, tasks: list[str], seeds: list[int], arms) -> dict:
             layers = [r.get("probe_layer") for r in runs if r.get("probe_layer")]
             if layers:
                 table[task][arm]["probe_layers"] = layers
+            if runs and "probe_runs" in runs[0]:  # per seed, each probe's test accuracy
+                table[task][arm]["probe_runs"] = [r["probe_runs"] for r in runs]
         scratch = next((results[(task, "scratch", s)] for s in seeds if (task, "scratch", s) in results), None)
         if scratch:
             table[task]["n_test"] = scratch["n"]["test"]
@@ -444,11 +467,13 @@ def protocol(args, pool_hours: float) -> dict:
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as ex:
         models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, args.recipe, s, threads), args.seeds)))
-        jobs = {(t, arm, s): ex.submit(finetune, args, t, arm, args.recipe, s,
-                                       models[s] if arm in PRETRAINED_ARMS else None,
-                                       threads)
-                for s in args.seeds for t in args.tasks for arm in TAGS}
-        results = {k: f.result() for k, f in jobs.items()}
+        probes = lambda arm: range(args.probe_seeds if arm in FROZEN_ARMS else 1)  # noqa: E731
+        jobs = {(t, arm, s, k): ex.submit(finetune, args, t, arm, args.recipe, s,
+                                          models[s] if arm in PRETRAINED_ARMS else None, threads, k)
+                for s in args.seeds for t in args.tasks for arm in TAGS for k in probes(arm)}
+        results = {(t, arm, s): mean_of_probes([jobs[(t, arm, s, k)].result() for k in probes(arm)])
+                   if arm in FROZEN_ARMS else jobs[(t, arm, s, 0)].result()
+                   for s in args.seeds for t in args.tasks for arm in TAGS}
         linear = {(t, arm, s): ex.submit(linear_probe, args, t, arm, s, threads)  # after the runs whose encoders they read
                   for s in args.seeds for t in args.tasks for arm in LINEAR_ARMS}
         results |= {k: f.result() for k, f in linear.items()}
@@ -551,6 +576,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-colour-db", type=float, default=0.0,
                         help="fine-tune (scratch and pre-trained alike) with `finetune --colour-db` on log-mel task "
                              "stores; the frozen probes cannot colour (writes results/ssl[_<recipe>]_ftcolour<D>.*)")
+    parser.add_argument("--probe-seeds", type=int, default=PROBE_SEEDS,
+                        help="MLP probes per frozen encoder (the arm's score for that encoder is their mean; 1: the "
+                             "protocol before they were averaged)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--gpu", action="store_true",
                         help=f"on the GPU, with the `{GPU_MODEL}` model and {GPU_STEP_FACTOR}x the steps "
@@ -564,6 +592,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", default=DEFAULT_VARIANT, choices=[DEFAULT_VARIANT] + list(VARIANTS),
                         help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
     args = parser.parse_args(argv)
+    if args.probe_seeds < 1:
+        parser.error("--probe-seeds must be at least 1")
     if args.gpu:
         args.model, args.steps = GPU_MODEL, args.steps * GPU_STEP_FACTOR
     return args
@@ -587,7 +617,13 @@ def results_name(args) -> str:
     return "_".join(["ssl", *([args.recipe] if args.recipe != DEFAULT_VARIANT else []),
                      *setting_changes(args, args.recipe), *([f"lr{args.lr:g}"] if args.lr != DEFAULT_LR else []),
                      *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
+                     *([f"{args.probe_seeds}probe" + "s" * (args.probe_seeds > 1)]
+                       if args.probe_seeds != PROBE_SEEDS else []),
                      *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
+
+
+def probe_words(k: int) -> str:
+    return "one probe per encoder" if k == 1 else f"each encoder scored by the mean of {k} probe seeds"
 
 
 def main() -> None:
@@ -619,7 +655,8 @@ def main() -> None:
     colour = f", every training clip under a random EQ (`finetune --colour-db {args.finetune_colour_db:g}`)" \
         if args.finetune_colour_db else ""
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
-                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3; linear probes: logistic "
+                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3, "
+                    f"{probe_words(1 if args.ablate else args.probe_seeds)}; linear probes: logistic "
                     "regression on the frozen encoder's stats-pooled layers, layer and C picked on valid",
                     "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),

@@ -216,6 +216,17 @@ def test_freeze_trains_only_a_512_wide_probe_and_leaves_encoder_weights_untouche
     assert not torch.equal(heads[0.0]["head.1.weight"], heads[1e-2]["head.1.weight"])  # the probe did train
 
 
+def test_probe_seed_draws_another_head_on_the_same_random_encoder(small_store, tmp_path):
+    runs = {}
+    for name, probe_seed in (("default", None), ("same", 0), ("other", 7)):
+        out = tmp_path / name
+        runs[name] = finetune(config(small_store, out, seed=0, probe_seed=probe_seed, freeze=True, max_steps=3))
+    assert_same_weights(encoder_weights(tmp_path / "other"), encoder_weights(tmp_path / "default"))  # --seed's encoder
+    assert not torch.equal(load_weights(tmp_path / "other", "head.")["head.1.weight"],
+                           load_weights(tmp_path / "default", "head.")["head.1.weight"])
+    assert runs["same"]["metrics"] == runs["default"]["metrics"]  # the default is --seed
+
+
 @pytest.mark.parametrize("pool, hidden", [("mean", 512), ("stats", 512), ("attention", 0)])  # 0: a linear head
 def test_frozen_probe_picks_a_layer_on_valid_and_its_checkpoint_scores_the_same_as_the_cached_features(
         small_store, tmp_path, pool, hidden):

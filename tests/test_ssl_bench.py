@@ -2,6 +2,7 @@
 run a job once."""
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -114,6 +115,35 @@ def test_a_variant_with_a_teacher_pretrains_the_teacher_of_its_seed_first_and_pa
     assert "--teacher" not in commands[0]
     sb.pretrain(args, "hubert", 1, threads=1)
     assert len(commands) == 2  # both cached now
+
+
+def test_a_frozen_arm_scores_an_encoder_by_the_mean_of_its_probe_seeds(tmp_path, monkeypatch):
+    commands = []
+
+    def run_probe(cmd, log, threads):  # a probe whose accuracy depends on its head's seed
+        commands.append(cmd)
+        probe_seed = int(cmd[cmd.index("--probe-seed") + 1]) if "--probe-seed" in cmd else 3
+        out = Path(cmd[cmd.index("--output-dir") + 1])
+        out.mkdir(parents=True)
+        metrics = {split: {"accuracy": probe_seed / 10_000} for split in ("valid", "test")}
+        (out / "results.json").write_text(json.dumps({"metrics": metrics, "probe_layer": "mean"}))
+
+    monkeypatch.setattr(sb, "run", run_probe)
+    args = sb.parse_args(["--work", str(tmp_path), "--seeds", "3"])
+    runs = [sb.finetune(args, TASK, "frozen_random", args.recipe, 3, None, threads=1, probe=k)
+            for k in range(args.probe_seeds)]
+    assert args.probe_seeds == 3
+    # probe 0 is the run a single probe made (no --probe-seed: --seed seeds its head), so its cached runs still count
+    assert [Path(c[c.index("--output-dir") + 1]).name for c in commands] == \
+        ["fzs-random-instrument_family-1.5-s3", "fzs-random-instrument_family-1.5-s3-p1",
+         "fzs-random-instrument_family-1.5-s3-p2"]
+    assert all(c[c.index("--seed") + 1] == "3" for c in commands)  # one random encoder, three heads
+    result = sb.mean_of_probes(runs)
+    assert result["probe_runs"] == pytest.approx([0.03, 10.03, 20.03])
+    assert result["metrics"]["test"]["accuracy"] == pytest.approx((3 + 1003 + 2003) / 3 / 10_000)
+    summary = sb.summarise({(TASK, "frozen_random", 3): result}, [TASK], [3], ["frozen_random"])
+    assert summary[TASK]["frozen_random"]["runs"] == pytest.approx([100 * (3 + 1003 + 2003) / 3 / 10_000])
+    assert sb.results_name(sb.parse_args(["--probe-seeds", "1"])) == "ssl_1probe"
 
 
 JOB = """import pathlib, sys, time

@@ -80,6 +80,9 @@ class FinetuneConfig:
     test_split: str | None = option(None, "override the task's test split")
     num_workers: int = option(0, "DataLoader worker processes per rank", min=0)
     seed: int = option(0, "seeds weights, data order, crops and augmentation")
+    probe_seed: int | None = option(None, "seeds the frozen probe's head (--freeze, --lp-epochs): its initial weights "
+                                          "and batch order (default: --seed). With --scratch, --seed alone draws the "
+                                          "random encoder, so one encoder can be probed with several heads")
     output_dir: str = option("runs/finetune", "results.json, reports, confusion.png and the checkpoint go here")
     cpu: bool = option(False, "run on the CPU even when a GPU is visible (Accelerator(cpu=True))")
     mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: bf16 on a GPU that has it, no on CPU)",
@@ -175,10 +178,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         unwrapped, split_samples(store, read_split[name], keep[name]), task, vocab, max_frames, cfg.eval_mode,
         cfg.eval_batch_size, accelerator, desc=f"eval {name}")
 
+    probe_seed = cfg.seed if cfg.probe_seed is None else cfg.probe_seed
     if cfg.freeze:
         probe = frozen_probe(unwrapped, store, task, vocab, read_split, keep, max_frames, cfg.eval_mode, cfg.probe_layer,
                              cfg.max_steps and math.ceil(cfg.max_steps / steps_per_epoch) or cfg.epochs, cfg.batch_size,
-                             cfg.lr, cfg.weight_decay, cfg.seed, cfg.eval_batch_size, accelerator)
+                             cfg.lr, cfg.weight_decay, probe_seed, cfg.eval_batch_size, accelerator)
         if accelerator.is_main_process:
             unwrapped.save_pretrained(output_dir, metadata={**metadata, "best_epoch": probe["epoch"]})
         history, test, total = probe["history"], probe["test"], steps_per_epoch * cfg.epochs
@@ -187,7 +191,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     else:
         if cfg.lp_epochs:
             frozen_probe(unwrapped, store, task, vocab, read_split, keep, max_frames, cfg.eval_mode, "last",
-                         cfg.lp_epochs, cfg.batch_size, 1e-3, cfg.weight_decay, cfg.seed, cfg.eval_batch_size,
+                         cfg.lp_epochs, cfg.batch_size, 1e-3, cfg.weight_decay, probe_seed, cfg.eval_batch_size,
                          accelerator, roles=("train", "valid"))
         history, best, test = train_and_select(cfg, model, optimizer, accelerator, batches, generator, task, vocab,
                                                pad_id, total, steps_per_epoch, evaluate_on, output_dir, metadata)
