@@ -4,7 +4,9 @@ For every seed: pre-train on the unlabelled pool (`train/pretrain.py`), then on 
 fine-tune from the pre-trained encoder, probe a frozen random-init encoder and the frozen pre-trained encoder
 (`mega-audio finetune --freeze`: a small MLP head; three heads per encoder, `--probe-seed`, averaged), read both
 frozen encoders linearly (a logistic regression on `mega-audio embed` features), and fit a bag-of-tokens logistic
-regression on the same tokens: the floor any learned model must clear. Writes bench/results/ssl.{json,md}.
+regression on the same tokens: the floor any learned model must clear. `--finetune-seeds K` scores each seed of the
+arms that train the encoder by the mean of K fine-tuning runs. Writes bench/results/ssl.{json,md}, with the paired
+gains (each seed's pre-trained model against its own random-init twin or scratch run) the bars are set on.
 `--ablate` instead pre-trains one model per recipe variant (one seed) and scores each with one frozen probe and
 fine-tuning: bench/results/ssl_ablation.{json,md}.
 `--recipe VARIANT` runs the whole protocol with one of those variants instead of the shipped recipe
@@ -17,7 +19,7 @@ that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ft
 histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than the bag a linear read-out could find.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
-    make bench-ssl           # this script (about 1 h 15 min on 2 CPU cores: 2,000 pre-training steps per seed)
+    make bench-ssl           # this script (about 1 h 45 min on 2 CPU cores: 2,000 pre-training steps per seed)
     python bench/ssl_bench.py --gpu          # on the GPU: the `small` model and 4x the steps (--jobs 6 on one H100)
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
@@ -84,8 +86,19 @@ LP_EPOCHS = 4  # LP-FT: epochs of the linear head on frozen features before fine
 # A frozen arm scores each encoder by the mean of this many MLP probes (`finetune --probe-seed`: the head's init and
 # batch order). On one encoder, probe seeds alone move the unseen soundfont's accuracy by up to 9 points (their epoch,
 # picked on valid, is often 3 or 4 of 60): one probe per encoder made the frozen gain over random init as noisy as
-# the encoders themselves. Probe k > 0 is seeded seed + PROBE_SEED_STRIDE * k; probe 0 is the run one probe made.
-PROBE_SEEDS, PROBE_SEED_STRIDE = 3, 1000
+# the encoders themselves. Probe k > 0 is seeded seed + SEED_STRIDE * k; probe 0 is the run one probe made.
+# The arms that train the encoder score each seed by the mean of FINETUNE_SEEDS runs in the same way: run k > 0 is
+# `finetune --seed seed + SEED_STRIDE * k` (the head's init and batch order; from scratch also the encoder's init)
+# from the same pre-trained model. Three runs from one pre-trained encoder scored up to 7.9 points apart on the unseen
+# soundfont, so with one run the spread over seeds was as much the runs' as the pre-trained models'.
+PROBE_SEEDS, FINETUNE_SEEDS, SEED_STRIDE = 3, 3, 1000
+# The comparisons the README's bars are set on, paired by seed (each seed's pre-trained model against its own
+# random-init twin, its own scratch runs, or the bag): (name, arm, baseline)
+GAINS = (("frozen pre-trained - frozen random-init", "frozen_pretrained", "frozen_random"),
+         ("frozen pre-trained - bag of tokens", "frozen_pretrained", "bag_of_tokens"),
+         ("linear pre-trained - linear random-init", "linear_pretrained", "linear_random"),
+         ("fine-tuned - scratch", "finetuned", "scratch"),
+         ("LP-FT - scratch", "finetuned_lpft", "scratch"))
 
 # Pre-training variants for --ablate and --recipe. What a variant leaves as None comes from --bitrate / --model /
 # --steps. A variant with its own model size gets its own random-init arms (frozen random, scratch) of that size.
@@ -163,11 +176,12 @@ def setting_flags(args) -> list[str]:
                 *(["--steps", str(args.steps)] if args.steps != DEFAULT_STEPS else [])]
     return [*(["--bitrate", f"{args.bitrate:g}"] if args.bitrate != DEFAULT_BITRATE else []), *size,
             *(["--lr", f"{args.lr:g}"] if args.lr != DEFAULT_LR else []),
-            *(["--probe-seeds", str(args.probe_seeds)] if args.probe_seeds != PROBE_SEEDS else [])]
+            *(["--probe-seeds", str(args.probe_seeds)] if args.probe_seeds != PROBE_SEEDS else []),
+            *(["--finetune-seeds", str(args.finetune_seeds)] if args.finetune_seeds != FINETUNE_SEEDS else [])]
 
 
 SETTING_TITLES = {"--bitrate": "{} kbps", "--model": "{} model", "--steps": "{} steps", "--lr": "fine-tuning lr {}",
-                  "--probe-seeds": "probes per frozen encoder: {}"}
+                  "--probe-seeds": "probes per frozen encoder: {}", "--finetune-seeds": "fine-tuning runs per seed: {}"}
 
 
 def setting_titles(summary: dict) -> list[str]:
@@ -252,17 +266,18 @@ def colour_flags(args, arm: str) -> list[str]:
     return ["--colour-db", f"{args.finetune_colour_db:g}"] if args.finetune_colour_db and arm not in FROZEN_ARMS else []
 
 
-def finetune_dir(args, task: str, arm: str, variant: str, seed: int, probe: int = 0) -> Path:
-    """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>[-p<probe>]: the pre-trained arms name the pre-training (variant and
+def finetune_dir(args, task: str, arm: str, variant: str, seed: int, run: int = 0) -> Path:
+    """[c<D>-]<arm>[-lr<lr>]-<task>-<kbps>-s<seed>[-p<k>|-r<k>]: the pre-trained arms name the pre-training (variant and
     changed settings), the random-init arms only their model; c<D> marks fine-tuning under a random EQ, p<k> a frozen
-    arm's k-th extra probe of the same encoder."""
+    arm's k-th extra probe of the same encoder, r<k> a trained arm's k-th extra fine-tuning run of the seed."""
     r = recipe_of(args, variant)
     pretrained = "-".join([variant, *setting_changes(args, variant, ("model", "steps"))])
     tag = TAGS[arm].format(v=pretrained) if arm in PRETRAINED_ARMS else \
         TAGS[arm] + ("" if r.model == DEFAULT_MODEL else f"-{r.model}")
     prefix = f"c{args.finetune_colour_db:g}-" if colour_flags(args, arm) else ""
     lr = "" if arm in FROZEN_ARMS or args.lr == DEFAULT_LR else f"-lr{args.lr:g}"  # the probes train at their own lr
-    return args.work / "runs" / (f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}" + (f"-p{probe}" if probe else ""))
+    extra = f"-{'p' if arm in FROZEN_ARMS else 'r'}{run}" if run else ""
+    return args.work / "runs" / f"{prefix}{tag}{lr}-{task}-{r.kbps:g}-s{seed}{extra}"
 
 
 def device_flags(args) -> list[str]:
@@ -285,24 +300,26 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
 
 
 def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path | None, threads: int,
-             probe: int = 0) -> dict:
+             run: int = 0) -> dict:
+    """One run of an arm: run 0 is the seed's first (cached runs of one run per seed count), run k > 0 another head
+    (frozen: `--probe-seed`, the same encoder) or another fine-tuning run (`--seed`) of the seed's encoder."""
     r = recipe_of(args, variant)
     kbps, model = r.kbps, r.model
     name, _, task_name, epochs = TASKS[task]
     frozen, colour = arm in FROZEN_ARMS, colour_flags(args, arm)
-    out = finetune_dir(args, task, arm, variant, seed, probe)
+    out = finetune_dir(args, task, arm, variant, seed, run)
     init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
     recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
         ["--epochs", str(epochs), "--lr", str(args.lr)]
-    if probe:
-        recipe += ["--probe-seed", str(seed + PROBE_SEED_STRIDE * probe)]
+    if run and frozen:
+        recipe += ["--probe-seed", str(seed + SEED_STRIDE * run)]
     if arm == "finetuned_lpft":
         recipe += ["--lp-epochs", str(LP_EPOCHS)]
     store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
     results = out / "results.json"
     run_once(results.exists,
              cli("finetune", *device_flags(args), "--task", task_name, "--data", str(store), "--output-dir", str(out),
-                 "--seed", str(seed), "--batch-size", "32", *WINDOWS, *init,
+                 "--seed", str(seed + (0 if frozen else SEED_STRIDE * run)), "--batch-size", "32", *WINDOWS, *init,
                  *recipe, *colour),
              args.work / "logs" / f"{out.name}.log", threads)
     return json.loads(results.read_text())
@@ -429,13 +446,13 @@ def bag_statistics(args) -> None:
     print(f"bench-ssl: wrote bench/results/{name}.json and .md in {(time.time() - start) / 60:.0f} min")
 
 
-def mean_of_probes(runs: list[dict]) -> dict:
-    """One encoder's frozen-arm result from its probes' results.json: valid and test accuracy averaged, each probe's
-    test accuracy and layer kept."""
+def mean_of_runs(runs: list[dict], key: str = "probe_runs") -> dict:
+    """One seed's result from its runs' results.json (a frozen encoder's probes, or a trained arm's fine-tuning runs):
+    valid and test accuracy averaged, each run's test accuracy kept under `key` (and each probe's layer)."""
     metrics = {split: {"accuracy": float(np.mean([r["metrics"][split]["accuracy"] for r in runs]))}
                for split in ("valid", "test")}
-    return {**runs[0], "metrics": metrics, "probe_layer": " ".join(r["probe_layer"] for r in runs),
-            "probe_runs": [100 * r["metrics"]["test"]["accuracy"] for r in runs]}
+    layers = {"probe_layer": " ".join(r["probe_layer"] for r in runs)} if "probe_layer" in runs[0] else {}
+    return {**runs[0], "metrics": metrics, **layers, key: [100 * r["metrics"]["test"]["accuracy"] for r in runs]}
 
 
 def _std(values: list[float]) -> float:
@@ -455,24 +472,39 @@ def summarise(results: dict, tasks: list[str], seeds: list[int], arms) -> dict:
             layers = [r.get("probe_layer") for r in runs if r.get("probe_layer")]
             if layers:
                 table[task][arm]["probe_layers"] = layers
-            if runs and "probe_runs" in runs[0]:  # per seed, each probe's test accuracy
-                table[task][arm]["probe_runs"] = [r["probe_runs"] for r in runs]
+            for key in ("probe_runs", "finetune_runs"):  # per seed, each run's test accuracy
+                if runs and key in runs[0]:
+                    table[task][arm][key] = [r[key] for r in runs]
         scratch = next((results[(task, "scratch", s)] for s in seeds if (task, "scratch", s) in results), None)
         if scratch:
             table[task]["n_test"] = scratch["n"]["test"]
+        table[task]["gains"] = paired_gains(table[task])
     return table
+
+
+def paired_gains(arms: dict) -> dict:
+    """Each GAINS comparison, seed by seed: mean and std of the differences, and whether the mean clears 2 std."""
+    gains = {}
+    for name, arm, baseline in GAINS:
+        if arm in arms and baseline in arms and len(arms[arm]["runs"]) == len(arms[baseline]["runs"]):
+            diffs = [a - b for a, b in zip(arms[arm]["runs"], arms[baseline]["runs"])]
+            mean, std = float(np.mean(diffs)), _std(diffs)
+            gains[name] = {"mean": mean, "std": std, "runs": diffs, "beyond_2_std": bool(mean > 2 * std)}
+    return gains
 
 
 def protocol(args, pool_hours: float) -> dict:
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as ex:
         models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, args.recipe, s, threads), args.seeds)))
-        probes = lambda arm: range(args.probe_seeds if arm in FROZEN_ARMS else 1)  # noqa: E731
+        runs = lambda arm: range(args.probe_seeds if arm in FROZEN_ARMS else args.finetune_seeds)  # noqa: E731
         jobs = {(t, arm, s, k): ex.submit(finetune, args, t, arm, args.recipe, s,
                                           models[s] if arm in PRETRAINED_ARMS else None, threads, k)
-                for s in args.seeds for t in args.tasks for arm in TAGS for k in probes(arm)}
-        results = {(t, arm, s): mean_of_probes([jobs[(t, arm, s, k)].result() for k in probes(arm)])
-                   if arm in FROZEN_ARMS else jobs[(t, arm, s, 0)].result()
+                for k in range(max(args.probe_seeds, args.finetune_seeds))  # every seed's first runs first
+                for s in args.seeds for t in args.tasks for arm in TAGS if k in runs(arm)}
+        results = {(t, arm, s): mean_of_runs([jobs[(t, arm, s, k)].result() for k in runs(arm)],
+                                             "probe_runs" if arm in FROZEN_ARMS else "finetune_runs")
+                   if len(runs(arm)) > 1 else jobs[(t, arm, s, 0)].result()
                    for s in args.seeds for t in args.tasks for arm in TAGS}
         linear = {(t, arm, s): ex.submit(linear_probe, args, t, arm, s, threads)  # after the runs whose encoders they read
                   for s in args.seeds for t in args.tasks for arm in LINEAR_ARMS}
@@ -544,12 +576,35 @@ def markdown(summary: dict) -> str:
              "| | " + " | ".join(f"{t} (n={summary['tasks'][t].get('n_test', '?')})" for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
     lines += _arm_rows(summary, tasks, "mean", "std")
+    lines += _gain_rows(summary, tasks)
     lines += ["", "The valid split, for comparison (instrument family: GM programs held out of train, from the training "
               "soundfonts). It also picks each run's epoch, probe layer and the logistic regressions' C, so it flatters "
               "every arm a little; test is the measure.", "",
               "| valid accuracy (%) | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     lines += _arm_rows(summary, tasks, "valid_mean", "valid_std")
     return "\n".join(lines) + "\n"
+
+
+def _gain_rows(summary: dict, tasks: list[str]) -> list[str]:
+    """The paired gains, seed by seed; * marks a mean larger than twice its std (the bars are set on these)."""
+    names = [name for name, _, _ in GAINS if any(name in summary["tasks"][t].get("gains", {}) for t in tasks)]
+    if not names or len(summary["seeds"]) < 2:
+        return []
+    rows = ["", "Paired gains (test points; each seed's pre-trained model against its own baseline), mean ± std over "
+            "seeds, the range in brackets; * where the mean is larger than twice the std.", "",
+            "| paired gain | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name in names:
+        cells = []
+        for t in tasks:
+            g = summary["tasks"][t].get("gains", {}).get(name)
+            cells.append(f"{_signed(g['mean'])} ± {g['std']:.1f}{' *' if g['beyond_2_std'] else ''} "
+                         f"({_signed(min(g['runs']))} to {_signed(max(g['runs']))})" if g else "-")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _signed(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: a difference that rounds to zero reads +0.0, not -0.0
 
 
 def _arm_rows(summary: dict, tasks: list[str], mean: str, std: str) -> list[str]:
@@ -579,6 +634,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-seeds", type=int, default=PROBE_SEEDS,
                         help="MLP probes per frozen encoder (the arm's score for that encoder is their mean; 1: the "
                              "protocol before they were averaged)")
+    parser.add_argument("--finetune-seeds", type=int, default=FINETUNE_SEEDS,
+                        help="fine-tuning runs per seed of the arms that train the encoder (scratch, fine-tuned, "
+                             "LP-FT; the seed's score is their mean; 1: the protocol before they were averaged)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--gpu", action="store_true",
                         help=f"on the GPU, with the `{GPU_MODEL}` model and {GPU_STEP_FACTOR}x the steps "
@@ -592,8 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", default=DEFAULT_VARIANT, choices=[DEFAULT_VARIANT] + list(VARIANTS),
                         help="pre-training recipe of the protocol (another one writes results/ssl_<recipe>.*)")
     args = parser.parse_args(argv)
-    if args.probe_seeds < 1:
-        parser.error("--probe-seeds must be at least 1")
+    if min(args.probe_seeds, args.finetune_seeds) < 1:
+        parser.error("--probe-seeds and --finetune-seeds must be at least 1")
     if args.gpu:
         args.model, args.steps = GPU_MODEL, args.steps * GPU_STEP_FACTOR
     return args
@@ -619,11 +677,17 @@ def results_name(args) -> str:
                      *([f"ftcolour{args.finetune_colour_db:g}"] if args.finetune_colour_db else []),
                      *([f"{args.probe_seeds}probe" + "s" * (args.probe_seeds > 1)]
                        if args.probe_seeds != PROBE_SEEDS else []),
+                     *([f"{args.finetune_seeds}finetune" + "s" * (args.finetune_seeds > 1)]
+                       if args.finetune_seeds != FINETUNE_SEEDS else []),
                      *([f"{len(args.seeds)}seeds"] if args.seeds != DEFAULT_SEEDS else [])])
 
 
 def probe_words(k: int) -> str:
     return "one probe per encoder" if k == 1 else f"each encoder scored by the mean of {k} probe seeds"
+
+
+def finetune_words(k: int) -> str:
+    return "" if k == 1 else f", each seed scored by the mean of {k} fine-tuning runs (`--seed` seed + {SEED_STRIDE}k)"
 
 
 def main() -> None:
@@ -655,7 +719,8 @@ def main() -> None:
     colour = f", every training clip under a random EQ (`finetune --colour-db {args.finetune_colour_db:g}`)" \
         if args.finetune_colour_db else ""
     summary.update({"finetune": f"lr {args.lr:g}, " + ", ".join(f"{t} {TASKS[t][3]} epochs" for t in args.tasks) +
-                    f", the epoch best on valid{colour}; frozen probes 60 epochs at lr 1e-3, "
+                    f", the epoch best on valid{colour}"
+                    f"{finetune_words(1 if args.ablate else args.finetune_seeds)}; frozen probes 60 epochs at lr 1e-3, "
                     f"{probe_words(1 if args.ablate else args.probe_seeds)}; linear probes: logistic "
                     "regression on the frozen encoder's stats-pooled layers, layer and C picked on valid",
                     "finetune_colour_db": args.finetune_colour_db,

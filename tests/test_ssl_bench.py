@@ -130,7 +130,7 @@ def test_a_frozen_arm_scores_an_encoder_by_the_mean_of_its_probe_seeds(tmp_path,
 
     monkeypatch.setattr(sb, "run", run_probe)
     args = sb.parse_args(["--work", str(tmp_path), "--seeds", "3"])
-    runs = [sb.finetune(args, TASK, "frozen_random", args.recipe, 3, None, threads=1, probe=k)
+    runs = [sb.finetune(args, TASK, "frozen_random", args.recipe, 3, None, threads=1, run=k)
             for k in range(args.probe_seeds)]
     assert args.probe_seeds == 3
     # probe 0 is the run a single probe made (no --probe-seed: --seed seeds its head), so its cached runs still count
@@ -138,12 +138,55 @@ def test_a_frozen_arm_scores_an_encoder_by_the_mean_of_its_probe_seeds(tmp_path,
         ["fzs-random-instrument_family-1.5-s3", "fzs-random-instrument_family-1.5-s3-p1",
          "fzs-random-instrument_family-1.5-s3-p2"]
     assert all(c[c.index("--seed") + 1] == "3" for c in commands)  # one random encoder, three heads
-    result = sb.mean_of_probes(runs)
+    result = sb.mean_of_runs(runs)
     assert result["probe_runs"] == pytest.approx([0.03, 10.03, 20.03])
     assert result["metrics"]["test"]["accuracy"] == pytest.approx((3 + 1003 + 2003) / 3 / 10_000)
     summary = sb.summarise({(TASK, "frozen_random", 3): result}, [TASK], [3], ["frozen_random"])
     assert summary[TASK]["frozen_random"]["runs"] == pytest.approx([100 * (3 + 1003 + 2003) / 3 / 10_000])
     assert sb.results_name(sb.parse_args(["--probe-seeds", "1"])) == "ssl_1probe"
+
+
+def test_a_trained_arm_scores_a_seed_by_the_mean_of_its_fine_tuning_runs(tmp_path, monkeypatch):
+    commands = []
+
+    def run_finetuning(cmd, log, threads):  # a run whose accuracy depends on its seed
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output-dir") + 1])
+        out.mkdir(parents=True)
+        metrics = {split: {"accuracy": int(cmd[cmd.index("--seed") + 1]) / 10_000} for split in ("valid", "test")}
+        (out / "results.json").write_text(json.dumps({"metrics": metrics}))
+
+    monkeypatch.setattr(sb, "run", run_finetuning)
+    args = sb.parse_args(["--work", str(tmp_path), "--seeds", "2"])
+    model = tmp_path / "runs" / "pre-default-s2" / "model"
+    runs = [sb.finetune(args, TASK, "finetuned", args.recipe, 2, model, threads=1, run=k) for k in range(3)]
+    # run 0 is the one-run protocol's (cached runs count); every run fine-tunes the same pre-trained model
+    assert [Path(c[c.index("--output-dir") + 1]).name for c in commands] == \
+        ["ft-default-instrument_family-1.5-s2", "ft-default-instrument_family-1.5-s2-r1",
+         "ft-default-instrument_family-1.5-s2-r2"]
+    assert [c[c.index("--seed") + 1] for c in commands] == ["2", "1002", "2002"]
+    assert all(c[c.index("--init") + 1] == str(model) and "--probe-seed" not in c for c in commands)
+    result = sb.mean_of_runs(runs, "finetune_runs")
+    assert result["finetune_runs"] == pytest.approx([0.02, 10.02, 20.02]) and "probe_layer" not in result
+    assert args.finetune_seeds == 3
+    one_run = sb.parse_args(["--finetune-seeds", "1"])
+    assert sb.results_name(one_run) == "ssl_1finetune"
+    assert sb.parse_args(sb.setting_flags(one_run)).finetune_seeds == 1  # the command a table shows runs it again
+
+
+def test_the_paired_gains_compare_each_seed_with_its_own_baseline():
+    seeds = [0, 1, 2]
+    results = {(TASK, arm, s): {"metrics": {"test": {"accuracy": acc / 100}, "valid": {"accuracy": 0.5}},
+                                "n": {"test": 10}}
+               for arm, accs in {"scratch": [30, 20, 40], "finetuned": [34, 25, 43]}.items()
+               for s, acc in zip(seeds, accs)}
+    gains = sb.summarise(results, [TASK], seeds, ["scratch", "finetuned"])[TASK]["gains"]
+    assert list(gains) == ["fine-tuned - scratch"]  # only the comparisons whose two arms ran
+    gain = gains["fine-tuned - scratch"]
+    assert gain["runs"] == pytest.approx([4, 5, 3]) and gain["mean"] == pytest.approx(4)
+    assert gain["std"] == pytest.approx(1) and gain["beyond_2_std"]  # the arms' own spreads (10) do not enter
+    rows = sb._gain_rows({"tasks": {TASK: {"gains": gains}}, "seeds": seeds}, [TASK])
+    assert rows[-1] == "| fine-tuned - scratch | +4.0 ± 1.0 * (+3.0 to +5.0) |"
 
 
 JOB = """import pathlib, sys, time
