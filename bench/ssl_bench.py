@@ -311,15 +311,16 @@ def finetune(args, task: str, arm: str, variant: str, seed: int, model_dir: Path
     init = ["--init", str(model_dir)] if model_dir else ["--scratch", "--model", model]
     recipe = ["--freeze", "--epochs", "60", "--lr", "1e-3"] if frozen else \
         ["--epochs", str(epochs), "--lr", str(args.lr)]
+    run_seed = seed + SEED_STRIDE * run  # a probe's head (the encoder stays --seed's), or the whole fine-tuning run
     if run and frozen:
-        recipe += ["--probe-seed", str(seed + SEED_STRIDE * run)]
+        recipe += ["--probe-seed", str(run_seed)]
     if arm == "finetuned_lpft":
         recipe += ["--lp-epochs", str(LP_EPOCHS)]
     store = store_path(args, name, kbps, "logmel" if colour else None)  # the same codes, plus their log-mels
     results = out / "results.json"
     run_once(results.exists,
              cli("finetune", *device_flags(args), "--task", task_name, "--data", str(store), "--output-dir", str(out),
-                 "--seed", str(seed + (0 if frozen else SEED_STRIDE * run)), "--batch-size", "32", *WINDOWS, *init,
+                 "--seed", str(seed if frozen else run_seed), "--batch-size", "32", *WINDOWS, *init,
                  *recipe, *colour),
              args.work / "logs" / f"{out.name}.log", threads)
     return json.loads(results.read_text())
@@ -495,16 +496,16 @@ def paired_gains(arms: dict) -> dict:
 
 def protocol(args, pool_hours: float) -> dict:
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    runs = {arm: args.probe_seeds if arm in FROZEN_ARMS else args.finetune_seeds for arm in TAGS}  # per seed
     with ThreadPoolExecutor(args.jobs) as ex:
         models = dict(zip(args.seeds, ex.map(lambda s: pretrain(args, args.recipe, s, threads), args.seeds)))
-        runs = lambda arm: range(args.probe_seeds if arm in FROZEN_ARMS else args.finetune_seeds)  # noqa: E731
         jobs = {(t, arm, s, k): ex.submit(finetune, args, t, arm, args.recipe, s,
                                           models[s] if arm in PRETRAINED_ARMS else None, threads, k)
-                for k in range(max(args.probe_seeds, args.finetune_seeds))  # every seed's first runs first
-                for s in args.seeds for t in args.tasks for arm in TAGS if k in runs(arm)}
-        results = {(t, arm, s): mean_of_runs([jobs[(t, arm, s, k)].result() for k in runs(arm)],
+                for k in range(max(runs.values()))  # every seed's first runs first
+                for s in args.seeds for t in args.tasks for arm in TAGS if k < runs[arm]}
+        results = {(t, arm, s): mean_of_runs([jobs[(t, arm, s, k)].result() for k in range(runs[arm])],
                                              "probe_runs" if arm in FROZEN_ARMS else "finetune_runs")
-                   if len(runs(arm)) > 1 else jobs[(t, arm, s, 0)].result()
+                   if runs[arm] > 1 else jobs[(t, arm, s, 0)].result()
                    for s in args.seeds for t in args.tasks for arm in TAGS}
         linear = {(t, arm, s): ex.submit(linear_probe, args, t, arm, s, threads)  # after the runs whose encoders they read
                   for s in args.seeds for t in args.tasks for arm in LINEAR_ARMS}
