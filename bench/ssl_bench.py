@@ -112,6 +112,7 @@ class Variant:
     steps: int | None = None  # pre-training steps (warm-up: a tenth of them)
     features: str | None = None  # the pool's stored features (`tokenize --store-features`), e.g. for a mel loss
     teacher: str | None = None  # the variant whose pre-trained model of the same seed is `pretrain.py --teacher`
+    init_from: str | None = None  # the variant whose pre-trained model of the same seed this one continues
 
 
 DEFAULT_SEEDS = [0, 1, 2]
@@ -142,6 +143,8 @@ VARIANTS = {
     "hubert": Variant((*SPAN25, "--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher="span25"),
     # the same with a stronger teacher: the shipped recipe's model (2,000 steps), the shipped masking, 500 steps more
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
+    # two stages: the shipped model (spans, 2,000 steps) continued for 500 steps with single tokens, the LR re-warmed
+    "default-token500": Variant((*TOKEN25, "--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 GPU_MODEL, GPU_STEP_FACTOR = "small", 4  # --gpu: this model, and this many times the steps
@@ -206,6 +209,7 @@ def shown_flags(args, name: str) -> str:
     """The pre-training flags that make a variant differ from the protocol's defaults."""
     r = recipe_of(args, name)
     flags = [*r.flags, *(["--teacher", f"<{r.teacher} model>"] if r.teacher else []),
+             *(["--init-from", f"<{r.init_from} model>"] if r.init_from else []),
              *(["--model", r.model] if r.model != args.model else []),
              *(["--max-steps", str(r.steps)] if r.steps != args.steps else [])]
     return " ".join(flags) or "(defaults)"
@@ -288,13 +292,14 @@ def device_flags(args) -> list[str]:
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
     model = out / "model"
-    teacher = ["--teacher", str(pretrain(args, r.teacher, seed, threads))] if r.teacher else []
+    parents = [*(["--teacher", str(pretrain(args, r.teacher, seed, threads))] if r.teacher else []),
+               *(["--init-from", str(pretrain(args, r.init_from, seed, threads))] if r.init_from else [])]
     run_once((model / "model.safetensors").exists,
              [sys.executable, "train/pretrain.py", *device_flags(args),
               "--data", str(store_path(args, "pool", r.kbps, r.features)), "--output-dir", str(out),
               "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
               "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
-              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *teacher],
+              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *parents],
              args.work / "logs" / f"{out.name}.log", threads)
     return model
 
