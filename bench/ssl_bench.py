@@ -145,6 +145,8 @@ VARIANTS = {
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
     # two stages: the shipped model (spans, 2,000 steps) continued for 500 steps with single tokens, the LR re-warmed
     "default-token500": Variant((*TOKEN25, "--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
+    # the other order: the single-token model (2,000 steps) continued for 500 steps with the shipped spans
+    "token25-2000-span500": Variant(("--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from="token25-2000"),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 GPU_MODEL, GPU_STEP_FACTOR = "small", 4  # --gpu: this model, and this many times the steps
