@@ -158,6 +158,15 @@ def recipe_of(args, name: str) -> Variant:
     return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
+def steps_words(args, variant: str) -> str:
+    """"2000 pre-training steps", or for a variant that continues another's model, its total and the stages."""
+    r = recipe_of(args, variant)
+    if not r.init_from:
+        return f"{r.steps} pre-training steps"
+    before = recipe_of(args, r.init_from).steps
+    return f"{before + r.steps} pre-training steps ({r.steps} continuing the `{r.init_from}` model's {before})"
+
+
 def setting_changes(args, variant: str, fields: tuple[str, ...] = ("model", "steps", "kbps")) -> list[str]:
     """The sizes this invocation changed from the protocol's (--model, --steps, --bitrate, --gpu) and the variant does
     not pin, e.g. ["smallmodel", "8000steps"]: they name its runs and results, so that a cached run or result of another
@@ -556,7 +565,7 @@ def markdown(summary: dict) -> str:
     flags = "".join(f" {f}" for f in command) + "`" + what
     kbps = summary.get("bitrate", DEFAULT_BITRATE)
     size = "model and pre-training steps per row" if "variants" in summary else \
-        f"model `{summary['model']}`, {summary['steps']} pre-training steps"
+        f"model `{summary['model']}`, {summary.get('steps_words', str(summary['steps']) + ' pre-training steps')}"
     head = (f"`python bench/ssl_bench.py{flags}: {size}, batches of 16 x 5 s on {summary['pool_hours']:.2f} h of "
             "unlabelled audio, "
             f"BEST-RQ tokens{f' at {kbps:g} kbps' if kbps != DEFAULT_BITRATE and 'variants' not in summary else ''}, "
@@ -733,7 +742,8 @@ def main() -> None:
                     "regression on the frozen encoder's stats-pooled layers, layer and C picked on valid",
                     "finetune_colour_db": args.finetune_colour_db,
                     "recipe": args.recipe, "recipe_flags": shown_flags(args, args.recipe),
-                    "model": recipe.model, "steps": recipe.steps, "seeds": args.seeds, "bitrate": recipe.kbps,
+                    "model": recipe.model, "steps": recipe.steps, "steps_words": steps_words(args, args.recipe),
+                    "seeds": args.seeds, "bitrate": recipe.kbps,
                     "setting_flags": setting_flags(args),
                     "device": "cuda" if args.gpu else "cpu",
                     "minutes_this_invocation": (time.time() - start) / 60,  # jobs with outputs are skipped

@@ -98,7 +98,10 @@ def test_the_command_a_table_shows_makes_the_same_setting_again(argv):
     assert (again.gpu, again.model, again.steps, again.bitrate) == (args.gpu, args.model, args.steps, args.bitrate)
 
 
-def test_a_variant_with_a_teacher_pretrains_the_teacher_of_its_seed_first_and_passes_its_model(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe, parent, flag", [("hubert", "span25", "--teacher"),
+                                                  ("default-token500", "default", "--init-from")])
+def test_a_variant_built_on_another_pretrains_that_one_of_its_seed_first_and_passes_its_model(tmp_path, monkeypatch,
+                                                                                                recipe, parent, flag):
     commands = []
 
     def run_pretraining(cmd, log, threads):  # records the command and leaves the model a finished run leaves
@@ -108,13 +111,20 @@ def test_a_variant_with_a_teacher_pretrains_the_teacher_of_its_seed_first_and_pa
         (model / "model.safetensors").touch()
 
     monkeypatch.setattr(sb, "run", run_pretraining)
-    args = sb.parse_args(["--work", str(tmp_path), "--recipe", "hubert"])
-    assert sb.pretrain(args, "hubert", 1, threads=1) == tmp_path / "runs" / "pre-hubert-s1" / "model"
-    assert [Path(c[c.index("--output-dir") + 1]).name for c in commands] == ["pre-span25-s1", "pre-hubert-s1"]
-    assert commands[1][commands[1].index("--teacher") + 1] == str(tmp_path / "runs" / "pre-span25-s1" / "model")
-    assert "--teacher" not in commands[0]
-    sb.pretrain(args, "hubert", 1, threads=1)
+    args = sb.parse_args(["--work", str(tmp_path), "--recipe", recipe])
+    assert sb.pretrain(args, recipe, 1, threads=1) == tmp_path / "runs" / f"pre-{recipe}-s1" / "model"
+    assert [Path(c[c.index("--output-dir") + 1]).name for c in commands] == [f"pre-{parent}-s1", f"pre-{recipe}-s1"]
+    assert commands[1][commands[1].index(flag) + 1] == str(tmp_path / "runs" / f"pre-{parent}-s1" / "model")
+    assert flag not in commands[0]
+    sb.pretrain(args, recipe, 1, threads=1)
     assert len(commands) == 2  # both cached now
+
+
+def test_a_continued_variant_reports_its_total_steps():
+    args = sb.parse_args(["--recipe", "default-token500"])
+    assert sb.steps_words(args, "default-token500") == \
+        "2500 pre-training steps (500 continuing the `default` model's 2000)"
+    assert sb.steps_words(args, "default") == "2000 pre-training steps"
 
 
 def test_a_frozen_arm_scores_an_encoder_by_the_mean_of_its_probe_seeds(tmp_path, monkeypatch):
