@@ -158,6 +158,11 @@ def recipe_of(args, name: str) -> Variant:
     return replace(v, kbps=v.kbps or args.bitrate, model=v.model or args.model, steps=v.steps or args.steps)
 
 
+def parents(r: Variant) -> list[tuple[str, str]]:
+    """(train/pretrain.py flag, variant) for each variant whose model of the same seed this one's pre-training reads."""
+    return [(flag, v) for flag, v in (("--teacher", r.teacher), ("--init-from", r.init_from)) if v]
+
+
 def steps_words(args, variant: str) -> str:
     """"2000 pre-training steps", or for a variant that continues another's model, its total and the stages."""
     r = recipe_of(args, variant)
@@ -219,8 +224,7 @@ def run_flags(recipe: str, seeds: list[int], finetune_colour_db: float = 0.0, se
 def shown_flags(args, name: str) -> str:
     """The pre-training flags that make a variant differ from the protocol's defaults."""
     r = recipe_of(args, name)
-    flags = [*r.flags, *(["--teacher", f"<{r.teacher} model>"] if r.teacher else []),
-             *(["--init-from", f"<{r.init_from} model>"] if r.init_from else []),
+    flags = [*r.flags, *(word for flag, v in parents(r) for word in (flag, f"<{v} model>")),
              *(["--model", r.model] if r.model != args.model else []),
              *(["--max-steps", str(r.steps)] if r.steps != args.steps else [])]
     return " ".join(flags) or "(defaults)"
@@ -303,14 +307,13 @@ def device_flags(args) -> list[str]:
 def pretrain(args, variant: str, seed: int, threads: int) -> Path:
     r, out = recipe_of(args, variant), pretrain_dir(args, variant, seed)
     model = out / "model"
-    parents = [*(["--teacher", str(pretrain(args, r.teacher, seed, threads))] if r.teacher else []),
-               *(["--init-from", str(pretrain(args, r.init_from, seed, threads))] if r.init_from else [])]
+    models = [word for flag, v in parents(r) for word in (flag, str(pretrain(args, v, seed, threads)))]
     run_once((model / "model.safetensors").exists,
              [sys.executable, "train/pretrain.py", *device_flags(args),
               "--data", str(store_path(args, "pool", r.kbps, r.features)), "--output-dir", str(out),
               "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
               "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
-              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *parents],
+              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *models],
              args.work / "logs" / f"{out.name}.log", threads)
     return model
 
@@ -565,7 +568,7 @@ def markdown(summary: dict) -> str:
     flags = "".join(f" {f}" for f in command) + "`" + what
     kbps = summary.get("bitrate", DEFAULT_BITRATE)
     size = "model and pre-training steps per row" if "variants" in summary else \
-        f"model `{summary['model']}`, {summary.get('steps_words', str(summary['steps']) + ' pre-training steps')}"
+        f"model `{summary['model']}`, {summary['steps_words']}"
     head = (f"`python bench/ssl_bench.py{flags}: {size}, batches of 16 x 5 s on {summary['pool_hours']:.2f} h of "
             "unlabelled audio, "
             f"BEST-RQ tokens{f' at {kbps:g} kbps' if kbps != DEFAULT_BITRATE and 'variants' not in summary else ''}, "
