@@ -23,7 +23,8 @@ histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than 
     python bench/ssl_bench.py --gpu          # on the GPU: the `small` model and 4x the steps (--jobs 6 on one H100)
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
-resumes where it stopped. --jobs N runs N jobs side by side with cores / N threads each. Benches may share a --work
+resumes where it stopped
+(a pre-training from its last checkpoint). --jobs N runs N jobs side by side with cores / N threads each. Benches may share a --work
 (say, 3 and 5 seeds of one recipe): a job another one is running is waited for and reused, never run twice at once.
 """
 
@@ -313,7 +314,8 @@ def pretrain(args, variant: str, seed: int, threads: int) -> Path:
               "--data", str(store_path(args, "pool", r.kbps, r.features)), "--output-dir", str(out),
               "--seed", str(seed), "--model", r.model, "--max-steps", str(r.steps),
               "--batch-size", "16", "--max-seconds", "5", "--warmup-steps", str(max(1, r.steps // 10)),
-              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *models],
+              "--num-workers", "0", "--eval-every", "0", "--save-every", "250", *r.flags, *models,
+              "--resume"],  # a killed job goes on from its last checkpoint (a fresh one starts at step 0)
              args.work / "logs" / f"{out.name}.log", threads)
     return model
 

@@ -4,6 +4,7 @@ run a job once."""
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 _spec = importlib.util.spec_from_file_location("ssl_bench", Path(__file__).parent.parent / "bench" / "ssl_bench.py")
 sb = sys.modules["ssl_bench"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
@@ -118,6 +121,19 @@ def test_a_variant_built_on_another_pretrains_that_one_of_its_seed_first_and_pas
     assert flag not in commands[0]
     sb.pretrain(args, recipe, 1, threads=1)
     assert len(commands) == 2  # both cached now
+
+
+def test_a_pretraining_killed_after_its_last_checkpoint_goes_on_from_it(small_store, tmp_path):
+    (tmp_path / "stores").mkdir()
+    (tmp_path / "stores" / "pool-1.5").symlink_to(small_store)
+    args = sb.parse_args(["--work", str(tmp_path), "--steps", "3"])
+    model = sb.pretrain(args, args.recipe, 0, threads=1)
+    weights = load_file(model / "model.safetensors")
+    shutil.rmtree(model)  # what a kill after the final checkpoint, before the model is written, leaves
+    assert sb.pretrain(args, args.recipe, 0, threads=1) == model  # train/pretrain.py refuses such a dir without --resume
+    assert "resumed from" in (tmp_path / "logs" / f"{model.parent.name}.log").read_text()
+    again = load_file(model / "model.safetensors")
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
 
 
 def test_a_continued_variant_reports_its_total_steps():
