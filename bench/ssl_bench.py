@@ -148,6 +148,8 @@ VARIANTS = {
     "default-token500": Variant((*TOKEN25, "--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
     # the other order: the single-token model (2,000 steps) continued for 500 steps with the shipped spans
     "token25-2000-span500": Variant(("--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from="token25-2000"),
+    # their control: the shipped model continued for 500 steps with its own spans (what 500 more steps alone give)
+    "default-span500": Variant(("--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 GPU_MODEL, GPU_STEP_FACTOR = "small", 4  # --gpu: this model, and this many times the steps
