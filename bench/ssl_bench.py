@@ -23,9 +23,9 @@ histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than 
     python bench/ssl_bench.py --gpu          # on the GPU: the `small` model and 4x the steps (--jobs 6 on one H100)
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
-resumes where it stopped
-(a pre-training from its last checkpoint). --jobs N runs N jobs side by side with cores / N threads each. Benches may share a --work
-(say, 3 and 5 seeds of one recipe): a job another one is running is waited for and reused, never run twice at once.
+resumes where it stopped (a pre-training from its last checkpoint). --jobs N runs N jobs side by side with cores / N
+threads each. Benches may share a --work (say, 3 and 5 seeds of one recipe): a job another one is running is waited
+for and reused, never run twice at once.
 """
 
 from __future__ import annotations
