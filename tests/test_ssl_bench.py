@@ -130,7 +130,7 @@ def test_a_pretraining_killed_after_its_last_checkpoint_goes_on_from_it(small_st
     model = sb.pretrain(args, args.recipe, 0, threads=1)
     weights = load_file(model / "model.safetensors")
     shutil.rmtree(model)  # what a kill after the final checkpoint, before the model is written, leaves
-    assert sb.pretrain(args, args.recipe, 0, threads=1) == model  # train/pretrain.py refuses such a dir without --resume
+    assert sb.pretrain(args, args.recipe, 0, threads=1) == model  # pretrain.py refuses that dir without --resume
     assert "resumed from" in (tmp_path / "logs" / f"{model.parent.name}.log").read_text()
     again = load_file(model / "model.safetensors")
     assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
