@@ -121,6 +121,14 @@ ABLATION_STEPS = 500
 DEFAULT_VARIANT = "default"  # train/pretrain.py with no masking flags, for --steps: the shipped recipe
 TOKEN25 = ("--mask-unit", "token", "--mask-ratio", "0.25")  # the paper's masking: 25% of single tokens
 SPAN25 = ("--mask-unit", "span", "--mask-ratio", "0.25")  # 400 ms spans over 25% of the frames
+
+
+def continued(parent: str, masking: tuple[str, ...] = ()) -> Variant:
+    """A second stage: `parent`'s model of the same seed, pre-trained 500 steps more (with `masking`, else the shipped
+    spans) with the LR re-warmed over 50 steps, as `train/pretrain.py --init-from` continues a model."""
+    return Variant((*masking, "--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=parent)
+
+
 VARIANTS = {
     "token25": Variant(TOKEN25, steps=ABLATION_STEPS),  # the paper's recipe
     "token25-2000": Variant(TOKEN25),  # the same at the protocol's steps
@@ -144,12 +152,12 @@ VARIANTS = {
     "hubert": Variant((*SPAN25, "--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher="span25"),
     # the same with a stronger teacher: the shipped recipe's model (2,000 steps), the shipped masking, 500 steps more
     "hubert-default": Variant(("--teacher-clusters", "100"), steps=ABLATION_STEPS, teacher=DEFAULT_VARIANT),
-    # two stages: the shipped model (spans, 2,000 steps) continued for 500 steps with single tokens, the LR re-warmed
-    "default-token500": Variant((*TOKEN25, "--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
+    # two stages: the shipped model (spans, 2,000 steps) continued for 500 steps with single tokens
+    "default-token500": continued(DEFAULT_VARIANT, TOKEN25),
     # the other order: the single-token model (2,000 steps) continued for 500 steps with the shipped spans
-    "token25-2000-span500": Variant(("--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from="token25-2000"),
+    "token25-2000-span500": continued("token25-2000"),
     # their control: the shipped model continued for 500 steps with its own spans (what 500 more steps alone give)
-    "default-span500": Variant(("--rewarm-steps", "50"), steps=ABLATION_STEPS, init_from=DEFAULT_VARIANT),
+    "default-span500": continued(DEFAULT_VARIANT),
 }
 DEFAULT_BITRATE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_LR = 1.5, "tiny", 2000, 3e-4  # `make bench-ssl`'s settings
 GPU_MODEL, GPU_STEP_FACTOR = "small", 4  # --gpu: this model, and this many times the steps
