@@ -91,7 +91,7 @@ REAL_AUDIO ?= data/real-audio
 real-audio: install
 	$(PY) bench/real_audio.py --out $(REAL_AUDIO) $(ARGS)
 
-# Does pre-training help? The SSL protocol on the real-audio data (3 seeds; about 1 h 45 min on 2 CPU cores; not CI).
+# Does pre-training help? The SSL protocol on the real-audio data (3 seeds; 85-105 min on 2 CPU cores; not CI).
 # ARGS="--ablate" runs the recipe ablation instead; ARGS="--gpu": on the GPU, the `small` model, 4x the steps.
 bench-ssl: install
 	$(PY) bench/ssl_bench.py --data-root $(REAL_AUDIO) $(ARGS)

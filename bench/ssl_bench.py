@@ -19,7 +19,7 @@ that trains the encoder (scratch included) with `finetune --colour-db D` (ssl_ft
 histogram (bench/results/ssl_bag_statistics[_<rate>kbps].*): how much more than the bag a linear read-out could find.
 
     make real-audio          # the audio, from Debian packages (see bench/real_audio.py)
-    make bench-ssl           # this script (about 1 h 45 min on 2 CPU cores: 2,000 pre-training steps per seed)
+    make bench-ssl           # this script (85-105 min on 2 CPU cores: 2,000 pre-training steps per seed)
     python bench/ssl_bench.py --gpu          # on the GPU: the `small` model and 4x the steps (--jobs 6 on one H100)
 
 Every job is a subprocess writing under --work; a job whose output exists is skipped, so an interrupted run
